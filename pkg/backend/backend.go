@@ -49,8 +49,9 @@ type Backend interface {
 	DevicePath(ctx context.Context, id string) (string, error)
 	// RefreshDevice makes an attached device see the volume's current size.
 	RefreshDevice(ctx context.Context, id string) error
-	// Condition reports problems the backend can see with a volume.
-	Condition(ctx context.Context, id string) Condition
+	// Health reports the problems the backend can see with a volume; none
+	// means healthy.
+	Health(ctx context.Context, id string) []Problem
 }
 
 // VolumeRequest asks for a new volume.
@@ -112,8 +113,22 @@ type Capacity struct {
 	TotalBytes        int64
 }
 
-// Condition is a volume's health as far as the backend can tell.
-type Condition struct {
-	Abnormal bool
-	Message  string
+// Problem is one adverse health condition of a volume.
+type Problem struct {
+	Kind ProblemKind
+	// Reason is a short CamelCase word for machines and CLIs.
+	Reason  string
+	Message string
 }
+
+// ProblemKind says how bad a problem is, following CSI's volume health.
+type ProblemKind int
+
+const (
+	// Degraded: the volume works but not as it should.
+	Degraded ProblemKind = iota + 1
+	// Inaccessible: the volume cannot be used.
+	Inaccessible
+	// DataLoss: data is known or suspected lost.
+	DataLoss
+)

@@ -1,0 +1,141 @@
+// Command tarn is the Tarn CSI driver: one binary serving the Identity,
+// Controller and Node services for node-local volumes.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/tarn-csi/tarn/pkg/backend"
+	"github.com/tarn-csi/tarn/pkg/backend/loop"
+	"github.com/tarn-csi/tarn/pkg/driver"
+)
+
+// version is stamped at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+		os.Exit(2)
+	}
+	switch os.Args[1] {
+	case "serve":
+		if err := serve(os.Args[2:]); err != nil {
+			klog.ErrorS(err, "tarn serve failed")
+			klog.Flush()
+			os.Exit(1)
+		}
+	case "version", "--version", "-version":
+		fmt.Println(version)
+	case "help", "-h", "--help":
+		usage()
+	default:
+		fmt.Fprintf(os.Stderr, "tarn: unknown command %q\n", os.Args[1])
+		usage()
+		os.Exit(2)
+	}
+}
+
+func usage() {
+	fmt.Fprintf(os.Stderr, `Usage: tarn <command> [flags]
+
+Commands:
+  serve     serve the CSI Identity, Controller and Node services
+  version   print the version
+
+Run 'tarn serve -h' for the flags of serve.
+`)
+}
+
+// serveConfig holds the flags of 'tarn serve'.
+type serveConfig struct {
+	endpoint       string
+	nodeID         string
+	backendKind    string
+	poolDir        string
+	directIO       bool
+	disableReflink bool
+	freezeTimeout  time.Duration
+	maxVolumes     int64
+}
+
+func parseServeFlags(args []string) (serveConfig, error) {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	hostname, _ := os.Hostname()
+	var c serveConfig
+	fs.StringVar(&c.endpoint, "endpoint", "unix:///run/tarn/csi.sock", "CSI endpoint (unix socket)")
+	fs.StringVar(&c.nodeID, "node-id", hostname, "this node's ID, also its topology value")
+	fs.StringVar(&c.backendKind, "backend", "loop", "storage backend: loop")
+	fs.StringVar(&c.poolDir, "pool-dir", "/var/lib/tarn/pool", "loop backend: directory holding the pool")
+	fs.BoolVar(&c.directIO, "direct-io", true, "loop backend: attach loop devices with direct I/O where the pool allows it")
+	fs.BoolVar(&c.disableReflink, "disable-reflink", false, "loop backend: always copy instead of reflinking snapshots and clones")
+	fs.DurationVar(&c.freezeTimeout, "freeze-timeout", 10*time.Second, "longest a filesystem stays frozen for a snapshot")
+	fs.Int64Var(&c.maxVolumes, "max-volumes-per-node", 0, "volumes this node may hold, reported to the scheduler; 0 is no limit")
+	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(klogFlags)
+	klogFlags.VisitAll(func(f *flag.Flag) { fs.Var(f.Value, f.Name, f.Usage) })
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if c.nodeID == "" {
+		return c, errors.New("--node-id is empty and the hostname is unknown")
+	}
+	return c, nil
+}
+
+func serve(args []string) error {
+	c, err := parseServeFlags(args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	b, err := openBackend(ctx, c)
+	if err != nil {
+		return err
+	}
+	d, err := driver.New(driver.Config{
+		Endpoint:          c.endpoint,
+		NodeID:            c.nodeID,
+		Version:           version,
+		Backend:           b,
+		MaxVolumesPerNode: c.maxVolumes,
+	})
+	if err != nil {
+		return err
+	}
+	return d.Run(ctx)
+}
+
+func openBackend(ctx context.Context, c serveConfig) (backend.Backend, error) {
+	switch c.backendKind {
+	case "loop":
+		if err := os.MkdirAll(c.poolDir, 0o700); err != nil {
+			return nil, fmt.Errorf("create pool directory: %w", err)
+		}
+		return loop.New(ctx, loop.Config{
+			PoolDir:        c.poolDir,
+			DirectIO:       c.directIO,
+			DisableReflink: c.disableReflink,
+			FreezeTimeout:  c.freezeTimeout,
+		})
+	default:
+		return nil, fmt.Errorf("unknown backend %q (supported: loop)", c.backendKind)
+	}
+}

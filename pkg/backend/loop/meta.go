@@ -1,0 +1,119 @@
+package loop
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/tarn-csi/tarn/pkg/atomicfile"
+	"github.com/tarn-csi/tarn/pkg/backend"
+)
+
+// metaVersion is bumped when the on-disk format changes incompatibly.
+const metaVersion = 1
+
+// volumeMeta is the on-disk record of a volume, one small file per volume
+// so that a damaged record can only ever cost that one volume.
+type volumeMeta struct {
+	Version          int               `json:"version"`
+	ID               string            `json:"id"`
+	Name             string            `json:"name"`
+	SizeBytes        int64             `json:"sizeBytes"`
+	FsType           string            `json:"fsType,omitempty"`
+	Parameters       map[string]string `json:"parameters,omitempty"`
+	SourceSnapshotID string            `json:"sourceSnapshotID,omitempty"`
+	SourceVolumeID   string            `json:"sourceVolumeID,omitempty"`
+	// Shared records that the data file may share extents with a snapshot
+	// or clone, so overwriting it can need its full size in new blocks.
+	Shared    bool      `json:"shared,omitempty"`
+	CreatedAt time.Time `json:"createdAt"`
+	UpdatedAt time.Time `json:"updatedAt"`
+}
+
+type snapshotMeta struct {
+	Version        int               `json:"version"`
+	ID             string            `json:"id"`
+	Name           string            `json:"name"`
+	SourceVolumeID string            `json:"sourceVolumeID"`
+	SizeBytes      int64             `json:"sizeBytes"`
+	Parameters     map[string]string `json:"parameters,omitempty"`
+	Method         string            `json:"method"`
+	CreatedAt      time.Time         `json:"createdAt"`
+}
+
+func (m volumeMeta) volume() backend.Volume {
+	return backend.Volume{
+		ID:         m.ID,
+		Name:       m.Name,
+		SizeBytes:  m.SizeBytes,
+		FsType:     m.FsType,
+		Parameters: m.Parameters,
+		Source:     backend.Source{SnapshotID: m.SourceSnapshotID, VolumeID: m.SourceVolumeID},
+		CreatedAt:  m.CreatedAt,
+	}
+}
+
+func (m snapshotMeta) snapshot() backend.Snapshot {
+	return backend.Snapshot{
+		ID:             m.ID,
+		Name:           m.Name,
+		SourceVolumeID: m.SourceVolumeID,
+		SizeBytes:      m.SizeBytes,
+		CreatedAt:      m.CreatedAt,
+		ReadyToUse:     true,
+		Method:         m.Method,
+	}
+}
+
+func writeMeta(dir string, v any) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode metadata: %w", err)
+	}
+	return atomicfile.WriteFile(filepath.Join(dir, metaFile), data, 0o600)
+}
+
+// readMeta decodes an object's record; a missing directory is ErrNotFound.
+func readMeta(dir string, v any) error {
+	data, err := os.ReadFile(filepath.Join(dir, metaFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%w: %s", backend.ErrNotFound, filepath.Base(dir))
+	}
+	if err != nil {
+		return fmt.Errorf("read metadata of %s: %w", filepath.Base(dir), err)
+	}
+	return decodeMeta(data, v)
+}
+
+// decodeMeta parses a record strictly: an unknown field or version means the
+// file is not ours to interpret.
+func decodeMeta(data []byte, v any) error {
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("corrupt metadata: %w", err)
+	}
+	var version int
+	var id string
+	switch m := v.(type) {
+	case *volumeMeta:
+		version, id = m.Version, m.ID
+		if !backend.ValidVolumeID(id) || m.SizeBytes <= 0 {
+			return fmt.Errorf("corrupt volume metadata: id %q size %d", id, m.SizeBytes)
+		}
+	case *snapshotMeta:
+		version, id = m.Version, m.ID
+		if !backend.ValidSnapshotID(id) || m.SizeBytes <= 0 {
+			return fmt.Errorf("corrupt snapshot metadata: id %q size %d", id, m.SizeBytes)
+		}
+	}
+	if version != metaVersion {
+		return fmt.Errorf("metadata of %s has version %d, this Tarn reads %d", id, version, metaVersion)
+	}
+	return nil
+}
+
+func syncParent(path string) error {
+	return atomicfile.SyncDir(filepath.Dir(path))
+}

@@ -1,0 +1,366 @@
+package loop
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/tarn-csi/tarn/pkg/atomicfile"
+	"github.com/tarn-csi/tarn/pkg/backend"
+	"github.com/tarn-csi/tarn/pkg/filecopy"
+	"github.com/tarn-csi/tarn/pkg/freeze"
+)
+
+// CreateVolume implements backend.Backend.
+func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (backend.Volume, error) {
+	if err := backend.ValidateName(req.Name); err != nil {
+		return backend.Volume{}, err
+	}
+	id := backend.VolumeIDFor(req.Name)
+	if existing, err := b.readVolume(id); err == nil {
+		return existing.volume(), compatible(existing, req)
+	} else if !errors.Is(err, backend.ErrNotFound) {
+		return backend.Volume{}, err
+	}
+
+	size, err := backend.RoundSize(req.RequiredBytes, req.LimitBytes, req.FsType)
+	if err != nil {
+		return backend.Volume{}, err
+	}
+	src, err := b.resolveSource(req.Source)
+	if err != nil {
+		return backend.Volume{}, err
+	}
+	if src != nil && src.size > size {
+		if req.LimitBytes > 0 && src.size > req.LimitBytes {
+			return backend.Volume{}, fmt.Errorf("%w: source is %d bytes, more than the limit of %d", backend.ErrOutOfRange, src.size, req.LimitBytes)
+		}
+		size = src.size
+	}
+	if err := b.ensureSpace(size, src); err != nil {
+		return backend.Volume{}, err
+	}
+
+	now := time.Now().UTC()
+	meta := volumeMeta{
+		Version: metaVersion, ID: id, Name: req.Name, SizeBytes: size, FsType: req.FsType,
+		Parameters: maps.Clone(req.Parameters), SourceSnapshotID: req.Source.SnapshotID,
+		SourceVolumeID: req.Source.VolumeID, CreatedAt: now, UpdatedAt: now,
+	}
+	var method filecopy.Method
+	err = b.buildObject(ctx, id, volumesDir, func(dir string) error {
+		var err error
+		if method, err = b.fillData(ctx, filepath.Join(dir, dataFile), src, size); err != nil {
+			return err
+		}
+		meta.Shared = method == filecopy.Reflink
+		return writeMeta(dir, meta)
+	})
+	if err != nil {
+		return backend.Volume{}, err
+	}
+	if src != nil && method == filecopy.Reflink && src.volume != nil {
+		b.markShared(src.volume)
+	}
+	klog.V(2).InfoS("Created loop volume", "volumeID", id, "name", req.Name, "size", size, "method", method)
+	return meta.volume(), nil
+}
+
+// compatible decides whether a retried CreateVolume may return the volume
+// that already carries its name.
+func compatible(m volumeMeta, req backend.VolumeRequest) error {
+	switch {
+	case !backend.Fits(m.SizeBytes, req.RequiredBytes, req.LimitBytes):
+		return fmt.Errorf("%w: volume %q is %d bytes, outside the requested range", backend.ErrAlreadyExists, req.Name, m.SizeBytes)
+	case m.SourceSnapshotID != req.Source.SnapshotID || m.SourceVolumeID != req.Source.VolumeID:
+		return fmt.Errorf("%w: volume %q has a different content source", backend.ErrAlreadyExists, req.Name)
+	case m.FsType != req.FsType && req.FsType != "" && m.FsType != "":
+		return fmt.Errorf("%w: volume %q was made for %s, not %s", backend.ErrAlreadyExists, req.Name, m.FsType, req.FsType)
+	case !maps.Equal(m.Parameters, req.Parameters) && (len(m.Parameters) > 0 || len(req.Parameters) > 0):
+		return fmt.Errorf("%w: volume %q has different parameters", backend.ErrAlreadyExists, req.Name)
+	}
+	return nil
+}
+
+// source is the resolved content source of a new volume.
+type source struct {
+	dataPath string
+	size     int64
+	// volume is set when cloning a volume, which may be attached and must
+	// be quiesced while its data is captured.
+	volume *volumeMeta
+}
+
+func (b *Backend) resolveSource(s backend.Source) (*source, error) {
+	switch {
+	case s.SnapshotID != "" && s.VolumeID != "":
+		return nil, fmt.Errorf("%w: a volume cannot come from both a snapshot and a volume", backend.ErrInvalid)
+	case s.SnapshotID != "":
+		m, err := b.readSnapshot(s.SnapshotID)
+		if err != nil {
+			return nil, fmt.Errorf("source snapshot: %w", err)
+		}
+		return &source{dataPath: filepath.Join(b.snapshotDir(m.ID), dataFile), size: m.SizeBytes}, nil
+	case s.VolumeID != "":
+		m, err := b.readVolume(s.VolumeID)
+		if err != nil {
+			return nil, fmt.Errorf("source volume: %w", err)
+		}
+		return &source{dataPath: filepath.Join(b.volumeDir(m.ID), dataFile), size: m.SizeBytes, volume: &m}, nil
+	}
+	return nil, nil
+}
+
+// buildObject builds an object in a staging directory and renames it into
+// place only when fill has finished, so that nothing half-made is ever
+// visible.
+func (b *Backend) buildObject(ctx context.Context, id, parent string, fill func(dir string) error) error {
+	dir, err := b.newStagingDir(id)
+	if err != nil {
+		return err
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			b.detachAll(filepath.Join(dir, dataFile))
+			if err := os.RemoveAll(dir); err != nil {
+				klog.ErrorS(err, "Cannot remove staging directory; it is swept at next start", "dir", dir)
+			}
+		}
+	}()
+	if err := fill(dir); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := atomicfile.SyncDir(dir); err != nil {
+		return err
+	}
+	final := filepath.Join(b.cfg.PoolDir, parent, id)
+	if err := os.Rename(dir, final); err != nil {
+		return fmt.Errorf("publish %s: %w", id, err)
+	}
+	committed = true
+	return syncParent(final)
+}
+
+// fillData creates a volume's data file: blank and sparse, or a clone of
+// the source grown to size.
+func (b *Backend) fillData(ctx context.Context, path string, src *source, size int64) (filecopy.Method, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", fmt.Errorf("create data file: %w", err)
+	}
+	defer f.Close()
+	var method filecopy.Method
+	if src != nil {
+		method, err = b.cloneFrom(ctx, f, src)
+		if err != nil {
+			return "", err
+		}
+	}
+	if err := f.Truncate(size); err != nil {
+		return "", fmt.Errorf("size data file: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return "", fmt.Errorf("fsync data file: %w", err)
+	}
+	if src != nil {
+		// A clone carries its origin's filesystem UUID; two mounted XFS
+		// with one UUID refuse to coexist, so give the copy its own.
+		if err := b.uuids.Regenerate(ctx, path); err != nil {
+			klog.InfoS("Cannot give clone a new filesystem UUID; xfs mounts use nouuid", "path", path, "err", err)
+		}
+	}
+	return method, nil
+}
+
+// cloneFrom copies the source into dst, quiescing the source volume's
+// filesystem for the instant of the copy when it is in use.
+func (b *Backend) cloneFrom(ctx context.Context, dst *os.File, src *source) (filecopy.Method, error) {
+	in, err := os.Open(src.dataPath)
+	if err != nil {
+		return "", fmt.Errorf("open source: %w", err)
+	}
+	defer in.Close()
+	device := ""
+	if src.volume != nil {
+		if device, err = b.DevicePath(ctx, src.volume.ID); err != nil {
+			return "", err
+		}
+	}
+	var method filecopy.Method
+	res, err := freeze.WhileQuiesced(ctx, device, b.cfg.FreezeTimeout, func() error {
+		var err error
+		method, err = filecopy.CloneWith(dst, in, b.reflink)
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("clone %s: %w", src.dataPath, err)
+	}
+	if res.Frozen {
+		klog.V(2).InfoS("Froze filesystem for clone", "mountpoint", res.Mountpoint, "frozenFor", res.FrozenFor)
+	}
+	return method, nil
+}
+
+// markShared records that a volume now shares extents with a clone or
+// snapshot, for capacity accounting.
+func (b *Backend) markShared(m *volumeMeta) {
+	if m.Shared {
+		return
+	}
+	m.Shared = true
+	m.UpdatedAt = time.Now().UTC()
+	if err := writeMeta(b.volumeDir(m.ID), *m); err != nil {
+		klog.ErrorS(err, "Cannot record shared extents; capacity may be overstated", "volumeID", m.ID)
+	}
+}
+
+// DeleteVolume implements backend.Backend.
+func (b *Backend) DeleteVolume(ctx context.Context, id string) error {
+	if !backend.ValidVolumeID(id) {
+		return nil
+	}
+	dir := b.volumeDir(id)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	devs, err := b.loop.FindByBackingFile(filepath.Join(dir, dataFile))
+	if err != nil {
+		return fmt.Errorf("look up loop devices of %s: %w", id, err)
+	}
+	if len(devs) > 0 {
+		return fmt.Errorf("%w: volume %s is attached as %s on this node; unstage it first", backend.ErrInUse, id, devs[0].Path)
+	}
+	if err := b.removeObject(dir); err != nil {
+		return err
+	}
+	klog.V(2).InfoS("Deleted loop volume", "volumeID", id)
+	return nil
+}
+
+// GetVolume implements backend.Backend.
+func (b *Backend) GetVolume(ctx context.Context, id string) (backend.Volume, error) {
+	m, err := b.readVolume(id)
+	if err != nil {
+		return backend.Volume{}, err
+	}
+	return m.volume(), nil
+}
+
+func (b *Backend) readVolume(id string) (volumeMeta, error) {
+	var m volumeMeta
+	if !backend.ValidVolumeID(id) {
+		return m, fmt.Errorf("%w: volume %q", backend.ErrNotFound, id)
+	}
+	err := readMeta(b.volumeDir(id), &m)
+	if err == nil && m.ID != id {
+		err = fmt.Errorf("metadata of volume %s names %s", id, m.ID)
+	}
+	return m, err
+}
+
+// ListVolumes implements backend.Backend.
+func (b *Backend) ListVolumes(ctx context.Context) ([]backend.Volume, error) {
+	metas, err := b.allVolumes()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]backend.Volume, 0, len(metas))
+	for _, m := range metas {
+		out = append(out, m.volume())
+	}
+	return out, nil
+}
+
+// allVolumes reads every volume record, skipping (and logging) damaged ones
+// so that one bad file cannot hide the rest of the pool.
+func (b *Backend) allVolumes() ([]volumeMeta, error) {
+	ids, err := listIDs(filepath.Join(b.cfg.PoolDir, volumesDir), backend.ValidVolumeID)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]volumeMeta, 0, len(ids))
+	for _, id := range ids {
+		m, err := b.readVolume(id)
+		if err != nil {
+			if !errors.Is(err, backend.ErrNotFound) {
+				klog.ErrorS(err, "Skipping unreadable volume", "volumeID", id)
+			}
+			continue
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+func listIDs(dir string, valid func(string) bool) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: read %s: %v", backend.ErrNotReady, dir, err)
+	}
+	ids := make([]string, 0, len(entries))
+	for _, e := range entries {
+		if e.IsDir() && valid(e.Name()) {
+			ids = append(ids, e.Name())
+		}
+	}
+	sort.Strings(ids)
+	return ids, nil
+}
+
+// ExpandVolume implements backend.Backend: the file grows; the node makes
+// the device and filesystem see it.
+func (b *Backend) ExpandVolume(ctx context.Context, id string, sizeBytes, limitBytes int64) (int64, error) {
+	m, err := b.readVolume(id)
+	if err != nil {
+		return 0, err
+	}
+	size, err := backend.RoundSize(sizeBytes, limitBytes, m.FsType)
+	if err != nil {
+		return 0, err
+	}
+	if size <= m.SizeBytes {
+		return m.SizeBytes, b.ensureFileSize(id, m.SizeBytes)
+	}
+	if err := b.ensureGrowth(m, size); err != nil {
+		return 0, err
+	}
+	// Grow the file before the record: a crash in between leaves a file
+	// larger than recorded, which the retry (or NodeExpandVolume) fixes;
+	// the reverse could promise space the file does not have.
+	if err := b.ensureFileSize(id, size); err != nil {
+		return 0, err
+	}
+	m.SizeBytes = size
+	m.UpdatedAt = time.Now().UTC()
+	if err := writeMeta(b.volumeDir(id), m); err != nil {
+		return 0, err
+	}
+	klog.V(2).InfoS("Expanded loop volume", "volumeID", id, "size", size)
+	return size, nil
+}
+
+func (b *Backend) ensureFileSize(id string, size int64) error {
+	path := filepath.Join(b.volumeDir(id), dataFile)
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("data file of %s: %w", id, err)
+	}
+	if fi.Size() >= size {
+		return nil
+	}
+	if err := os.Truncate(path, size); err != nil {
+		return fmt.Errorf("grow data file of %s: %w", id, err)
+	}
+	return nil
+}

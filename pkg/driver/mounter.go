@@ -1,0 +1,81 @@
+package driver
+
+import (
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+	mount "k8s.io/mount-utils"
+	utilexec "k8s.io/utils/exec"
+)
+
+// Mounter is the seam between the node service and the kernel's mount
+// table, so that unit tests can reach error paths while integration tests
+// use the real thing.
+type Mounter interface {
+	mount.Interface
+	// FormatAndMount formats source with fsType if it holds no filesystem,
+	// then mounts it.
+	FormatAndMount(source, target, fsType string, options []string) error
+	// ResizeFS grows the filesystem of device mounted at path.
+	ResizeFS(device, path string) error
+}
+
+type realMounter struct {
+	*mount.SafeFormatAndMount
+}
+
+// NewMounter returns the Mounter backed by mount-utils.
+func NewMounter() Mounter {
+	return realMounter{&mount.SafeFormatAndMount{Interface: mount.New(""), Exec: utilexec.New()}}
+}
+
+// isMountPoint reads the mount table, so bind mounts of files count; a
+// missing path is simply not a mount point.
+func isMountPoint(m Mounter, path string) (bool, error) {
+	mnt, err := m.IsMountPoint(path)
+	if os.IsNotExist(err) {
+		return false, nil
+	}
+	return mnt, err
+}
+
+func (m realMounter) ResizeFS(device, path string) error {
+	if _, err := mount.NewResizeFs(m.Exec).Resize(device, path); err != nil {
+		return fmt.Errorf("grow filesystem on %s at %s: %w", device, path, err)
+	}
+	return nil
+}
+
+// blockDeviceSize returns the size of the block device at path (a device
+// node or a file a device is bind-mounted on).
+func blockDeviceSize(path string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	var size uint64
+	if err := ioctlGetSize(f, &size); err != nil {
+		return 0, fmt.Errorf("BLKGETSIZE64 %s: %w", path, err)
+	}
+	return int64(size), nil
+}
+
+func ioctlGetSize(f *os.File, size *uint64) error {
+	v, err := unix.IoctlGetUint64(int(f.Fd()), unix.BLKGETSIZE64)
+	if err != nil {
+		return err
+	}
+	*size = v
+	return nil
+}
+
+// isBlockDevice says whether path is (a bind mount of) a block device.
+func isBlockDevice(path string) (bool, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return false, err
+	}
+	return st.Mode&unix.S_IFMT == unix.S_IFBLK, nil
+}

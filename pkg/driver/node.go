@@ -1,0 +1,281 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+)
+
+// NodeGetCapabilities implements csi.NodeServer.
+func (d *Driver) NodeGetCapabilities(ctx context.Context, req *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
+	var caps []*csi.NodeServiceCapability
+	for _, t := range []csi.NodeServiceCapability_RPC_Type{
+		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+		csi.NodeServiceCapability_RPC_EXPAND_VOLUME,
+		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
+		csi.NodeServiceCapability_RPC_GET_STORAGE_HEALTH,
+	} {
+		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{
+			Rpc: &csi.NodeServiceCapability_RPC{Type: t}}})
+	}
+	return &csi.NodeGetCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+// NodeGetInfo implements csi.NodeServer.
+func (d *Driver) NodeGetInfo(ctx context.Context, req *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	return &csi.NodeGetInfoResponse{
+		NodeId:             d.cfg.NodeID,
+		MaxVolumesPerNode:  d.cfg.MaxVolumesPerNode,
+		AccessibleTopology: d.topology()[0],
+	}, nil
+}
+
+// NodeStageVolume implements csi.NodeServer: the volume is attached as a
+// block device and, for mount access, formatted on first use and mounted at
+// the staging path.
+func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	id, staging := req.GetVolumeId(), req.GetStagingTargetPath()
+	if id == "" {
+		return nil, errInvalid("volume ID is missing")
+	}
+	if err := validatePath("staging target path", staging); err != nil {
+		return nil, err
+	}
+	if err := validateCapability(req.GetVolumeCapability()); err != nil {
+		return nil, err
+	}
+	release, err := d.lock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+
+	vol, err := d.backend.GetVolume(ctx, id)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	device, err := d.backend.AttachVolume(ctx, id)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if req.GetVolumeCapability().GetBlock() != nil {
+		// A block volume is published straight from its device.
+		return &csi.NodeStageVolumeResponse{}, nil
+	}
+
+	mounted, err := isMountPoint(d.mounter, staging)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "inspect staging path %s: %v", staging, err)
+	}
+	if mounted {
+		same, err := holdsDevice(staging, device, false)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "inspect staging path %s: %v", staging, err)
+		}
+		if !same {
+			return nil, status.Errorf(codes.AlreadyExists, "staging path %s already holds another filesystem than volume %s", staging, id)
+		}
+		return &csi.NodeStageVolumeResponse{}, nil
+	}
+
+	fsType := req.GetVolumeCapability().GetMount().GetFsType()
+	if fsType == "" {
+		fsType = vol.FsType
+	}
+	if fsType == "" {
+		fsType = defaultFsType
+	}
+	options := slices.Clone(req.GetVolumeCapability().GetMount().GetMountFlags())
+	if fsType == "xfs" && !slices.Contains(options, "nouuid") {
+		// A clone or restore has its origin's UUID unless regeneration
+		// succeeded; nouuid lets both mount side by side either way.
+		options = append(options, "nouuid")
+	}
+	if err := os.MkdirAll(staging, 0o750); err != nil {
+		return nil, status.Errorf(codes.Internal, "create staging path: %v", err)
+	}
+	if err := d.mounter.FormatAndMount(device, staging, fsType, options); err != nil {
+		// Leave nothing attached behind a failed stage.
+		if derr := d.backend.DetachVolume(ctx, id); derr != nil {
+			klog.ErrorS(derr, "Cannot detach after failed stage", "volumeID", id)
+		}
+		return nil, status.Errorf(codes.Internal, "format and mount %s (%s) at %s: %v", device, fsType, staging, err)
+	}
+	klog.InfoS("Staged volume", "volumeID", id, "device", device, "stagingPath", staging, "fsType", fsType)
+	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// NodeUnstageVolume implements csi.NodeServer.
+func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+	id, staging := req.GetVolumeId(), req.GetStagingTargetPath()
+	if id == "" {
+		return nil, errInvalid("volume ID is missing")
+	}
+	if err := validatePath("staging target path", staging); err != nil {
+		return nil, err
+	}
+	release, err := d.lock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+
+	mounted, err := isMountPoint(d.mounter, staging)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "inspect staging path %s: %v", staging, err)
+	}
+	if mounted {
+		if err := d.mounter.Unmount(staging); err != nil {
+			return nil, status.Errorf(codes.Internal, "unmount %s: %v", staging, err)
+		}
+	}
+	if err := d.backend.DetachVolume(ctx, id); err != nil {
+		return nil, toStatus(err)
+	}
+	klog.InfoS("Unstaged volume", "volumeID", id, "stagingPath", staging)
+	return &csi.NodeUnstageVolumeResponse{}, nil
+}
+
+// NodePublishVolume implements csi.NodeServer: a bind mount of the staged
+// filesystem, or of the block device onto a file.
+func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	id, target, staging := req.GetVolumeId(), req.GetTargetPath(), req.GetStagingTargetPath()
+	if id == "" {
+		return nil, errInvalid("volume ID is missing")
+	}
+	if err := validatePath("target path", target); err != nil {
+		return nil, err
+	}
+	if err := validatePath("staging target path", staging); err != nil {
+		return nil, err
+	}
+	if err := validateCapability(req.GetVolumeCapability()); err != nil {
+		return nil, err
+	}
+	release, err := d.lock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+
+	if _, err := d.backend.GetVolume(ctx, id); err != nil {
+		return nil, toStatus(err)
+	}
+	device, err := d.backend.DevicePath(ctx, id)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if device == "" {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged on this node", id)
+	}
+	block := req.GetVolumeCapability().GetBlock() != nil
+	source := device
+	if !block {
+		if ok, err := isMountPoint(d.mounter, staging); err != nil || !ok {
+			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not mounted at staging path %s", id, staging)
+		}
+		source = staging
+	}
+
+	mounted, err := isMountPoint(d.mounter, target)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "inspect target path %s: %v", target, err)
+	}
+	if mounted {
+		same, err := holdsDevice(target, device, block)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "inspect target path %s: %v", target, err)
+		}
+		if !same {
+			return nil, status.Errorf(codes.AlreadyExists, "target path %s already holds something other than volume %s", target, id)
+		}
+		return &csi.NodePublishVolumeResponse{}, nil
+	}
+	if req.GetVolumeCapability().GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
+		others, err := publications(device, staging, target)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "%v", err)
+		}
+		if len(others) > 0 {
+			return nil, status.Errorf(codes.FailedPrecondition, "volume %s has single-writer access and is already published at %s", id, others[0])
+		}
+	}
+
+	if err := makeTarget(target, block); err != nil {
+		return nil, status.Errorf(codes.Internal, "create target path: %v", err)
+	}
+	options := []string{"bind"}
+	if req.GetReadonly() {
+		options = append(options, "ro")
+	}
+	if !block {
+		options = append(options, req.GetVolumeCapability().GetMount().GetMountFlags()...)
+	}
+	if err := d.mounter.Mount(source, target, "", options); err != nil {
+		return nil, status.Errorf(codes.Internal, "bind %s at %s: %v", source, target, err)
+	}
+	klog.InfoS("Published volume", "volumeID", id, "targetPath", target, "block", block, "readonly", req.GetReadonly())
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// makeTarget creates the mount point: a directory for a filesystem, an
+// empty file for a block device to be bound onto.
+func makeTarget(target string, block bool) error {
+	if !block {
+		return os.MkdirAll(target, 0o750)
+	}
+	if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(target, os.O_CREATE|os.O_RDONLY, 0o640)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// NodeUnpublishVolume implements csi.NodeServer. The target is unmounted
+// and removed; a target that is already gone is success.
+func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	id, target := req.GetVolumeId(), req.GetTargetPath()
+	if id == "" {
+		return nil, errInvalid("volume ID is missing")
+	}
+	if err := validatePath("target path", target); err != nil {
+		return nil, err
+	}
+	release, err := d.lock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+
+	mounted, err := isMountPoint(d.mounter, target)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "inspect target path %s: %v", target, err)
+	}
+	if mounted {
+		if err := d.mounter.Unmount(target); err != nil {
+			return nil, status.Errorf(codes.Internal, "unmount %s: %v", target, err)
+		}
+	}
+	if err := os.Remove(target); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, status.Errorf(codes.Internal, "remove target path %s: %v", target, err)
+	}
+	klog.InfoS("Unpublished volume", "volumeID", id, "targetPath", target)
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+func notFoundPath(what, p string) error {
+	return status.Error(codes.NotFound, fmt.Sprintf("%s %s does not exist", what, p))
+}

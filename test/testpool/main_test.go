@@ -1,0 +1,10 @@
+package testpool
+
+import (
+	"os"
+	"testing"
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(RunWithLeakCheck(m))
+}
