@@ -35,6 +35,8 @@ type Backend interface {
 	// ListSnapshots returns every complete snapshot, sorted by ID.
 	ListSnapshots(ctx context.Context) ([]Snapshot, error)
 
+	// Capacity is what a volume of the class described by params could
+	// still get; unknown parameters are ErrInvalid.
 	Capacity(ctx context.Context, params map[string]string) (Capacity, error)
 
 	// AttachVolume makes the volume available as a block device on this
@@ -63,7 +65,9 @@ type VolumeRequest struct {
 	LimitBytes    int64
 	// FsType is the filesystem the volume will be formatted with, "" for a
 	// raw block volume. It only affects the minimum size.
-	FsType     string
+	FsType string
+	// Parameters are the StorageClass's, less Kubernetes' own; a backend
+	// refuses keys it does not know with ErrInvalid.
 	Parameters map[string]string
 	Source     Source
 }

@@ -14,10 +14,11 @@ import (
 // use the real thing.
 type Mounter interface {
 	mount.Interface
-	// FormatAndMount formats source with fsType if it holds no filesystem,
-	// then mounts it.
-	FormatAndMount(source, target, fsType string, options []string) error
-	// ResizeFS grows the filesystem of device mounted at path.
+	// FormatAndMountWith formats source with fsType and formatOptions if
+	// it holds no filesystem, then mounts it.
+	FormatAndMountWith(source, target, fsType string, options, formatOptions []string) error
+	// ResizeFS grows the filesystem of device mounted at path to fill the
+	// device, when it is smaller.
 	ResizeFS(device, path string) error
 }
 
@@ -40,8 +41,20 @@ func isMountPoint(m Mounter, path string) (bool, error) {
 	return mnt, err
 }
 
+func (m realMounter) FormatAndMountWith(source, target, fsType string, options, formatOptions []string) error {
+	return m.FormatAndMountSensitiveWithFormatOptions(source, target, fsType, options, nil, formatOptions)
+}
+
 func (m realMounter) ResizeFS(device, path string) error {
-	if _, err := mount.NewResizeFs(m.Exec).Resize(device, path); err != nil {
+	r := mount.NewResizeFs(m.Exec)
+	need, err := r.NeedResize(device, path)
+	if err != nil {
+		return fmt.Errorf("check filesystem size on %s: %w", device, err)
+	}
+	if !need {
+		return nil
+	}
+	if _, err := r.Resize(device, path); err != nil {
 		return fmt.Errorf("grow filesystem on %s at %s: %w", device, path, err)
 	}
 	return nil

@@ -104,12 +104,17 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err := os.MkdirAll(staging, 0o750); err != nil {
 		return nil, status.Errorf(codes.Internal, "create staging path: %v", err)
 	}
-	if err := d.mounter.FormatAndMount(device, staging, fsType, options); err != nil {
+	if err := d.mounter.FormatAndMountWith(device, staging, fsType, options, formatOptions(fsType)); err != nil {
 		// Leave nothing attached behind a failed stage.
 		if derr := d.backend.DetachVolume(ctx, id); derr != nil {
 			klog.ErrorS(derr, "Cannot detach after failed stage", "volumeID", id)
 		}
 		return nil, status.Errorf(codes.Internal, "format and mount %s (%s) at %s: %v", device, fsType, staging, err)
+	}
+	// A volume restored or cloned into a larger size, or expanded while
+	// unstaged, has a filesystem smaller than its device.
+	if err := d.mounter.ResizeFS(device, staging); err != nil {
+		return nil, status.Errorf(codes.Internal, "%v", err)
 	}
 	klog.InfoS("Staged volume", "volumeID", id, "device", device, "stagingPath", staging, "fsType", fsType)
 	return &csi.NodeStageVolumeResponse{}, nil
@@ -130,6 +135,21 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 	}
 	defer release()
 
+	device, err := d.backend.DevicePath(ctx, id)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if device != "" {
+		// Detaching a device that is still bound somewhere would only
+		// arm the kernel's auto-clear; say what holds it instead.
+		others, err := publications(device, staging)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "%v", err)
+		}
+		if len(others) > 0 {
+			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still published at %s; unpublish it first", id, others[0])
+		}
+	}
 	mounted, err := isMountPoint(d.mounter, staging)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "inspect staging path %s: %v", staging, err)
@@ -226,6 +246,16 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	}
 	klog.InfoS("Published volume", "volumeID", id, "targetPath", target, "block", block, "readonly", req.GetReadonly())
 	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// formatOptions are given to mkfs on first use. ext4 gets
+// metadata_csum_seed so that giving a clone a new UUID later only rewrites
+// the superblock instead of every checksum.
+func formatOptions(fsType string) []string {
+	if fsType == "ext4" {
+		return []string{"-O", "metadata_csum_seed"}
+	}
+	return nil
 }
 
 // makeTarget creates the mount point: a directory for a filesystem, an

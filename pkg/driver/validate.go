@@ -20,8 +20,9 @@ var supportedFsTypes = map[string]bool{"ext4": true, "xfs": true}
 
 const defaultFsType = "ext4"
 
-// volumeParameters validates StorageClass parameters and returns the ones
-// that belong to the volume (the rest are Kubernetes' bookkeeping).
+// volumeParameters drops Kubernetes' bookkeeping from StorageClass
+// parameters and checks the ones the driver itself reads; the rest belong
+// to the backend, which refuses what it does not know.
 func volumeParameters(params map[string]string) (map[string]string, error) {
 	out := map[string]string{}
 	for k, v := range params {
@@ -34,7 +35,7 @@ func volumeParameters(params map[string]string) (map[string]string, error) {
 			}
 			out[k] = strings.ToLower(v)
 		default:
-			return nil, errInvalid("unknown parameter %q", k)
+			out[k] = v
 		}
 	}
 	if len(out) == 0 {

@@ -70,7 +70,7 @@ func TestVolumeParameters(t *testing.T) {
 		{"fsType", map[string]string{"fsType": "XFS"}, map[string]string{"fsType": "xfs"}, true},
 		{"kubernetes bookkeeping ignored", map[string]string{"csi.storage.k8s.io/pvc/name": "x"}, nil, true},
 		{"bad fsType", map[string]string{"fsType": "ntfs"}, nil, false},
-		{"unknown key", map[string]string{"speed": "fast"}, nil, false},
+		{"backend key passed on", map[string]string{"speed": "fast"}, map[string]string{"speed": "fast"}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -78,7 +78,7 @@ func TestVolumeParameters(t *testing.T) {
 			if (err == nil) != tt.ok {
 				t.Fatalf("err = %v, want ok=%v", err, tt.ok)
 			}
-			if len(got) != len(tt.want) || got["fsType"] != tt.want["fsType"] {
+			if len(got) != len(tt.want) || got["fsType"] != tt.want["fsType"] || got["speed"] != tt.want["speed"] {
 				t.Errorf("got %v, want %v", got, tt.want)
 			}
 		})

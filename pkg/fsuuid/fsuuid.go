@@ -23,10 +23,11 @@ func (Tool) Regenerate(ctx context.Context, path string) error {
 	var cmd *exec.Cmd
 	switch fsType {
 	case "ext4", "ext3", "ext2":
-		// -f: the image is a clone that nothing has mounted; tune2fs would
-		// otherwise refuse a filesystem whose journal needs no recovery
-		// check it cannot make on a file.
-		cmd = exec.CommandContext(ctx, "tune2fs", "-f", "-U", "random", path)
+		// No -f: tune2fs refuses a filesystem whose journal needs
+		// recovery, and forcing it would let a later replay write blocks
+		// checksummed with the old UUID. Snapshots of mounted volumes are
+		// taken frozen, which leaves the journal clean.
+		cmd = exec.CommandContext(ctx, "tune2fs", "-U", "random", path)
 	case "xfs":
 		cmd = exec.CommandContext(ctx, "xfs_admin", "-U", "generate", path)
 	default:

@@ -20,6 +20,9 @@ import (
 // blocks). Snapshots are immutable and reserve nothing beyond what they
 // already occupy.
 func (b *Backend) Capacity(ctx context.Context, params map[string]string) (backend.Capacity, error) {
+	if err := checkParameters(params); err != nil {
+		return backend.Capacity{}, err
+	}
 	free, total, err := b.poolStat()
 	if err != nil {
 		return backend.Capacity{}, err

@@ -30,6 +30,9 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 		return backend.Volume{}, err
 	}
 
+	if err := checkParameters(req.Parameters); err != nil {
+		return backend.Volume{}, err
+	}
 	size, err := backend.RoundSize(req.RequiredBytes, req.LimitBytes, req.FsType)
 	if err != nil {
 		return backend.Volume{}, err
@@ -71,6 +74,17 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 	}
 	klog.V(2).InfoS("Created loop volume", "volumeID", id, "name", req.Name, "size", size, "method", method)
 	return meta.volume(), nil
+}
+
+// checkParameters refuses StorageClass parameters the loop backend does
+// not understand; fsType is the driver's and only recorded here.
+func checkParameters(params map[string]string) error {
+	for k := range params {
+		if k != "fsType" {
+			return fmt.Errorf("%w: unknown parameter %q for the loop backend", backend.ErrInvalid, k)
+		}
+	}
+	return nil
 }
 
 // compatible decides whether a retried CreateVolume may return the volume
