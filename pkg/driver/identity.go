@@ -39,7 +39,7 @@ func (d *Driver) Probe(ctx context.Context, req *csi.ProbeRequest) (*csi.ProbeRe
 		klog.ErrorS(err, "Backend not ready")
 		// An error rather than ready=false: the liveness probe and the
 		// kubelet treat it as unhealthy and the pod gets restarted.
-		return nil, status.Errorf(codes.FailedPrecondition, "backend not ready: %v", err)
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
 	return &csi.ProbeResponse{Ready: wrapperspb.Bool(true)}, nil
 }

@@ -1,0 +1,160 @@
+package driver
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+
+	"github.com/tarn-csi/tarn/pkg/backend/loop"
+)
+
+// startDriver serves a loop pool in a temporary directory. Nothing here
+// attaches loop devices, so it needs no root.
+func startDriver(t *testing.T, socket string) (pool string, conn *grpc.ClientConn) {
+	t.Helper()
+	pool = t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	b, err := loop.New(ctx, loop.Config{PoolDir: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(Config{Endpoint: "unix://" + socket, NodeID: "n1", Backend: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		if _, err := os.Stat(socket); !os.IsNotExist(err) {
+			t.Errorf("socket left behind after stop: %v", err)
+		}
+	})
+	conn, err = grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Wait for the new server, not for a socket file: a stale one may be
+	// there before the driver replaces it.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := csi.NewIdentityClient(conn).GetPluginInfo(context.Background(), &csi.GetPluginInfoRequest{})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("driver did not answer: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return pool, conn
+}
+
+func TestServeReplacesStaleSocketAndRestrictsIt(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "csi.sock")
+	// A socket file left by a killed run.
+	stale, err := net.Listen("unix", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.(*net.UnixListener).SetUnlinkOnClose(false)
+	stale.Close()
+
+	_, conn := startDriver(t, socket)
+	fi, err := os.Stat(socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if perm := fi.Mode().Perm(); perm != 0o600 {
+		t.Errorf("socket mode = %v, want 0600 so only root can connect", perm)
+	}
+	info, err := csi.NewIdentityClient(conn).GetPluginInfo(context.Background(), &csi.GetPluginInfoRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.GetName() != DriverName {
+		t.Errorf("name = %q", info.GetName())
+	}
+}
+
+func TestServeRefusesNonSocketPath(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(path, []byte("precious"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := listen("unix://" + path); err == nil {
+		t.Fatal("listen replaced a regular file")
+	}
+	if data, _ := os.ReadFile(path); string(data) != "precious" {
+		t.Error("the file was touched")
+	}
+}
+
+func TestProbeFollowsPool(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "csi.sock")
+	pool, conn := startDriver(t, socket)
+	identity := csi.NewIdentityClient(conn)
+	resp, err := identity.Probe(context.Background(), &csi.ProbeRequest{})
+	if err != nil || !resp.GetReady().GetValue() {
+		t.Fatalf("Probe on a good pool = %v, %v", resp, err)
+	}
+	// The pool's working directory vanishing (an unmounted disk, say)
+	// must make the driver unhealthy.
+	if err := os.RemoveAll(filepath.Join(pool, ".staging")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := identity.Probe(context.Background(), &csi.ProbeRequest{}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("Probe on a broken pool: %v, want FailedPrecondition", err)
+	}
+	health, err := csi.NewNodeClient(conn).NodeGetStorageHealth(context.Background(), &csi.NodeGetStorageHealthRequest{})
+	if err != nil || len(health.GetBackendHealth()) != 1 ||
+		health.GetBackendHealth()[0].GetStatus() != csi.StorageHealthErrorType_STORAGE_UNREACHABLE {
+		t.Errorf("storage health on a broken pool = %v, %v", health, err)
+	}
+}
+
+func TestCallLogNeverShowsSecrets(t *testing.T) {
+	var buf bytes.Buffer
+	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(fs)
+	_ = fs.Set("v", "5")
+	_ = fs.Set("logtostderr", "false")
+	klog.SetOutput(&buf)
+	t.Cleanup(func() {
+		_ = fs.Set("v", "0")
+		_ = fs.Set("logtostderr", "true")
+		klog.SetOutput(os.Stderr)
+	})
+
+	socket := filepath.Join(t.TempDir(), "csi.sock")
+	_, conn := startDriver(t, socket)
+	_, _ = csi.NewControllerClient(conn).CreateVolume(context.Background(), &csi.CreateVolumeRequest{
+		Name:    "secret-test",
+		Secrets: map[string]string{"password": "hunter2-do-not-log"},
+	})
+	klog.Flush()
+	out := buf.String()
+	if !strings.Contains(out, "CreateVolume") {
+		t.Fatalf("the call was not logged: %q", out)
+	}
+	if strings.Contains(out, "hunter2-do-not-log") {
+		t.Errorf("a secret reached the log: %q", out)
+	}
+}
