@@ -122,7 +122,7 @@ func (m Manager) bind(fd, backing int, backingFile string, opts Options) error {
 		info.Flags |= unix.LO_FLAGS_READ_ONLY
 	}
 	if !m.legacyOnly {
-		err := configure(fd, backing, info, opts.DirectIO)
+		err := configure(fd, backing, info, opts.DirectIO, opts.BlockSize)
 		// Kernels before 5.8 lack LOOP_CONFIGURE and answer EINVAL or ENOTTY.
 		// A genuinely invalid request fails the legacy path the same way, so
 		// falling back loses no error.
@@ -131,11 +131,12 @@ func (m Manager) bind(fd, backing int, backingFile string, opts Options) error {
 		}
 		klog.V(4).InfoS("LOOP_CONFIGURE unusable, falling back to LOOP_SET_FD", "backingFile", backingFile, "err", err)
 	}
-	return legacyBind(fd, backing, info, opts.DirectIO)
+	return legacyBind(fd, backing, info, opts.DirectIO, opts.BlockSize)
 }
 
-func configure(fd, backing int, info unix.LoopInfo64, directIO bool) error {
-	cfg := unix.LoopConfig{Fd: uint32(backing), Info: info}
+func configure(fd, backing int, info unix.LoopInfo64, directIO bool, blockSize uint32) error {
+	// x/sys names loop_config's block_size field Size.
+	cfg := unix.LoopConfig{Fd: uint32(backing), Size: blockSize, Info: info}
 	if directIO {
 		cfg.Info.Flags |= unix.LO_FLAGS_DIRECT_IO
 		err := unix.IoctlLoopConfigure(fd, &cfg)
@@ -153,7 +154,7 @@ func configure(fd, backing int, info unix.LoopInfo64, directIO bool) error {
 // legacyBind needs three ioctls where LOOP_CONFIGURE needs one, so a failure
 // after LOOP_SET_FD must unbind again or the device would be leaked
 // half-configured.
-func legacyBind(fd, backing int, info unix.LoopInfo64, directIO bool) error {
+func legacyBind(fd, backing int, info unix.LoopInfo64, directIO bool, blockSize uint32) error {
 	// With LOOP_SET_FD, read-only follows the open mode of the backing file.
 	if err := unix.IoctlSetInt(fd, unix.LOOP_SET_FD, backing); err != nil {
 		return wrapIoctl("LOOP_SET_FD", err)
@@ -161,6 +162,12 @@ func legacyBind(fd, backing int, info unix.LoopInfo64, directIO bool) error {
 	if err := unix.IoctlLoopSetStatus64(fd, &info); err != nil {
 		clearFD(fd, "")
 		return wrapIoctl("LOOP_SET_STATUS64", err)
+	}
+	if blockSize != 0 {
+		if err := unix.IoctlSetInt(fd, unix.LOOP_SET_BLOCK_SIZE, int(blockSize)); err != nil {
+			clearFD(fd, "")
+			return wrapIoctl("LOOP_SET_BLOCK_SIZE", err)
+		}
 	}
 	if !directIO {
 		return nil

@@ -314,3 +314,22 @@ func TestRefreshSize(t *testing.T) {
 		t.Errorf("size after RefreshSize = %d, want %d", got, 48*mib)
 	}
 }
+
+func TestBlockSizeIsKept(t *testing.T) {
+	requireLoopDevices(t)
+	for _, legacy := range []bool{false, true} {
+		for _, directIO := range []bool{false, true} {
+			file := newBackingFile(t, 8*mib)
+			d := attach(t, Manager{legacyOnly: legacy}, file, Options{BlockSize: 4096, DirectIO: directIO})
+			fd := openDevice(t, d.Path, unix.O_RDONLY)
+			got, err := unix.IoctlGetInt(fd, unix.BLKSSZGET)
+			unix.Close(fd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != 4096 {
+				t.Errorf("legacy=%v directIO=%v: logical block size %d, want 4096", legacy, directIO, got)
+			}
+		}
+	}
+}

@@ -29,6 +29,12 @@ type Options struct {
 	// buffered I/O; Device.DirectIO reports what the kernel actually enabled.
 	DirectIO bool
 	ReadOnly bool
+	// BlockSize is the device's logical block size; 0 lets the kernel
+	// choose. With direct I/O the kernel otherwise follows the backing
+	// file's alignment, which changes (512 to 4096 on XFS) once the file
+	// shares extents with a reflink: a filesystem made on one size then
+	// no longer mounts. A fixed size keeps the device stable.
+	BlockSize uint32
 }
 
 // Interface is the seam used by callers so unit tests can fake loop devices.

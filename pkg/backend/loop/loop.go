@@ -30,6 +30,7 @@ import (
 	"github.com/tarn-csi/tarn/pkg/atomicfile"
 	"github.com/tarn-csi/tarn/pkg/backend"
 	"github.com/tarn-csi/tarn/pkg/filecopy"
+	"github.com/tarn-csi/tarn/pkg/freeze"
 	"github.com/tarn-csi/tarn/pkg/fsuuid"
 	"github.com/tarn-csi/tarn/pkg/loopdev"
 )
@@ -184,7 +185,18 @@ func (b *Backend) sweep(ctx context.Context) {
 		return
 	}
 	for _, d := range devs {
-		if d.Deleted && isUnder(d.BackingFile, b.cfg.PoolDir) {
+		if !isUnder(strings.TrimSuffix(d.BackingFile, " (deleted)"), b.cfg.PoolDir) {
+			continue
+		}
+		// A driver killed while a snapshot held a filesystem frozen leaves
+		// it frozen and its writers hung; thawing one that is not frozen
+		// is harmless.
+		if mnt, err := freeze.MountpointOf(d.Path); err == nil && mnt != "" {
+			if err := freeze.Thaw(mnt); err != nil {
+				klog.ErrorS(err, "Cannot thaw filesystem of a pool volume", "device", d.Path, "mountpoint", mnt)
+			}
+		}
+		if d.Deleted {
 			if err := b.loop.Detach(d.Path); err != nil {
 				klog.ErrorS(err, "Cannot detach loop device of a deleted file", "device", d.Path)
 				continue

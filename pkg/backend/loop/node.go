@@ -13,6 +13,13 @@ import (
 	"github.com/tarn-csi/tarn/pkg/loopdev"
 )
 
+// deviceBlockSize is every loop device's logical block size. It must never
+// change over a volume's life, or the filesystem made on it stops mounting;
+// left to the kernel it follows the backing file's direct I/O alignment,
+// which grows from 512 to 4096 bytes on XFS once a reflink shares the
+// file's extents. 4096 is what every pool filesystem can serve directly.
+const deviceBlockSize = 4096
+
 // AttachVolume implements backend.Backend. The loop device is looked up in
 // the kernel first, so a restarted driver reuses what is already attached.
 func (b *Backend) AttachVolume(ctx context.Context, id string) (string, error) {
@@ -31,7 +38,7 @@ func (b *Backend) AttachVolume(ctx context.Context, id string) (string, error) {
 	if err := b.ensureFileSize(id, m.SizeBytes); err != nil {
 		return "", err
 	}
-	dev, err := b.loop.Attach(path, loopdev.Options{DirectIO: b.cfg.DirectIO})
+	dev, err := b.loop.Attach(path, loopdev.Options{DirectIO: b.cfg.DirectIO, BlockSize: deviceBlockSize})
 	if err != nil {
 		return "", fmt.Errorf("attach %s: %w", id, err)
 	}

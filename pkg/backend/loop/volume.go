@@ -212,7 +212,7 @@ func (b *Backend) cloneFrom(ctx context.Context, dst *os.File, src *source) (fil
 		}
 	}
 	var method filecopy.Method
-	res, err := freeze.WhileQuiesced(ctx, device, b.cfg.FreezeTimeout, func() error {
+	res, err := freeze.WhileQuiesced(ctx, device, b.freezeBudget(src.dataPath), func() error {
 		var err error
 		method, err = filecopy.CloneWith(dst, in, b.reflink)
 		return err
@@ -224,6 +224,18 @@ func (b *Backend) cloneFrom(ctx context.Context, dst *os.File, src *source) (fil
 		klog.V(2).InfoS("Froze filesystem for clone", "mountpoint", res.Mountpoint, "frozenFor", res.FrozenFor)
 	}
 	return method, nil
+}
+
+// copyRateForFreeze is a pessimistic copy speed: without reflinks the
+// filesystem stays frozen for the whole copy, so the freeze watchdog must
+// allow for the data, or every large snapshot would time out.
+const copyRateForFreeze = 64 << 20 // bytes per second
+
+func (b *Backend) freezeBudget(dataPath string) time.Duration {
+	if b.reflink {
+		return b.cfg.FreezeTimeout
+	}
+	return b.cfg.FreezeTimeout + time.Duration(allocatedBytes(dataPath)/copyRateForFreeze)*time.Second
 }
 
 // markShared records that a volume now shares extents with a clone or
