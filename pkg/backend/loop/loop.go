@@ -20,10 +20,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
@@ -106,7 +108,7 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		b.loop = &loopdev.Manager{}
 	}
 	if b.uuids == nil {
-		b.uuids = fsuuid.Tool{}
+		b.uuids = fsuuid.Tool{Loop: b.loop, BlockSize: deviceBlockSize}
 	}
 	for _, d := range []string{volumesDir, snapshotsDir, stagingDir, trashDir} {
 		if err := os.MkdirAll(filepath.Join(abs, d), 0o700); err != nil {
@@ -160,6 +162,7 @@ func (b *Backend) sweep(ctx context.Context) {
 		}
 		for _, e := range entries {
 			path := filepath.Join(dir, e.Name())
+			unmountUnder(path)
 			b.detachAll(filepath.Join(path, dataFile))
 			if err := os.RemoveAll(path); err != nil {
 				klog.ErrorS(err, "Cannot remove leftover", "path", path)
@@ -270,4 +273,21 @@ func (b *Backend) poolStat() (free, total int64, err error) {
 
 func isUnder(path, dir string) bool {
 	return strings.HasPrefix(path, dir+string(filepath.Separator))
+}
+
+// unmountUnder removes mounts left inside a half-made object (an XFS log
+// replay cut short), deepest first.
+func unmountUnder(dir string) {
+	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+	if err != nil {
+		return
+	}
+	sort.Slice(mounts, func(i, j int) bool { return len(mounts[i].Mountpoint) > len(mounts[j].Mountpoint) })
+	for _, m := range mounts {
+		if err := unix.Unmount(m.Mountpoint, 0); err != nil {
+			klog.ErrorS(err, "Cannot unmount leftover mount", "path", m.Mountpoint)
+			continue
+		}
+		klog.InfoS("Unmounted leftover of an interrupted call", "path", m.Mountpoint)
+	}
 }

@@ -1,0 +1,60 @@
+# Tarn's image: the static tarn binary on a slim Debian that carries the
+# tools it runs (mkfs, resize and fsfreeze, losetup, mount, and for the LVM
+# backend lvm2 and the thin-provisioning tools).
+#
+# Both base images are build arguments so that a machine without a registry
+# can build from images it has imported (docker load) under other names:
+#
+#   docker build \
+#     --build-arg GO_IMAGE=local/golang:1.26 \
+#     --build-arg BASE_IMAGE=local/debian:bookworm-slim .
+#
+# Offline, the builder must also find the modules (a GO_IMAGE whose module
+# cache holds them, with GOFLAGS=-mod=mod and GOPROXY=off), and BASE_IMAGE
+# must already hold the runtime packages: apt-get is then skipped.
+#
+# There is deliberately no "# syntax=" line: it would make BuildKit pull a
+# frontend image, which fails offline; the built-in frontend knows
+# RUN --mount.
+
+ARG GO_IMAGE=golang:1.26-bookworm
+ARG BASE_IMAGE=debian:bookworm-slim
+
+FROM ${GO_IMAGE} AS build
+# The golang images set GOTOOLCHAIN=local, so GO_IMAGE must be at least the
+# go line of go.mod; an older one fails here rather than downloading.
+WORKDIR /src
+# Passed through when given, so that an offline build can point Go at its
+# own module source.
+ARG GOPROXY
+ARG GOFLAGS
+# Modules in their own layer, keyed on go.mod and go.sum only: a source
+# change does not download them again. No cache mount here, since it would
+# hide a module cache that an offline GO_IMAGE carries.
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+ARG VERSION=dev
+RUN --mount=type=cache,target=/root/.cache/go-build \
+    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/tarn ./cmd/tarn
+
+FROM ${BASE_IMAGE}
+# Only what is missing is installed, so that a BASE_IMAGE prepared with the
+# packages builds without a network.
+RUN set -eu; \
+    missing=""; \
+    for p in e2fsprogs xfsprogs util-linux mount lvm2 thin-provisioning-tools; do \
+      dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q ' installed$' || missing="$missing $p"; \
+    done; \
+    if [ -n "$missing" ]; then \
+      apt-get update; \
+      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing; \
+      rm -rf /var/lib/apt/lists/*; \
+    fi
+COPY --from=build /out/tarn /tarn
+ARG VERSION=dev
+LABEL org.opencontainers.image.title="tarn" \
+      org.opencontainers.image.description="Tarn CSI driver for node-local volumes" \
+      org.opencontainers.image.version="${VERSION}"
+ENTRYPOINT ["/tarn"]
+CMD ["serve"]
