@@ -73,18 +73,9 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
 
-	mounted, err := isMountPoint(d.mounter, staging)
-	if err != nil {
-		return nil, status.Errorf(codes.Internal, "inspect staging path %s: %v", staging, err)
-	}
-	if mounted {
-		same, err := holdsDevice(staging, device, false)
-		if err != nil {
-			return nil, status.Errorf(codes.Internal, "inspect staging path %s: %v", staging, err)
-		}
-		if !same {
-			return nil, status.Errorf(codes.AlreadyExists, "staging path %s already holds another filesystem than volume %s", staging, id)
-		}
+	if done, err := d.alreadyMounted(staging, device, false, id); err != nil {
+		return nil, err
+	} else if done {
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
 
@@ -207,18 +198,9 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		source = staging
 	}
 
-	mounted, err := isMountPoint(d.mounter, target)
-	if err != nil {
-		return nil, status.Errorf(codes.Internal, "inspect target path %s: %v", target, err)
-	}
-	if mounted {
-		same, err := holdsDevice(target, device, block)
-		if err != nil {
-			return nil, status.Errorf(codes.Internal, "inspect target path %s: %v", target, err)
-		}
-		if !same {
-			return nil, status.Errorf(codes.AlreadyExists, "target path %s already holds something other than volume %s", target, id)
-		}
+	if done, err := d.alreadyMounted(target, device, block, id); err != nil {
+		return nil, err
+	} else if done {
 		return &csi.NodePublishVolumeResponse{}, nil
 	}
 	if req.GetVolumeCapability().GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
@@ -246,6 +228,26 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	}
 	klog.InfoS("Published volume", "volumeID", id, "targetPath", target, "block", block, "readonly", req.GetReadonly())
 	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// alreadyMounted makes stage and publish idempotent: true when path already
+// holds this volume's device, AlreadyExists when it holds something else.
+func (d *Driver) alreadyMounted(path, device string, block bool, id string) (bool, error) {
+	mounted, err := isMountPoint(d.mounter, path)
+	if err != nil {
+		return false, status.Errorf(codes.Internal, "inspect %s: %v", path, err)
+	}
+	if !mounted {
+		return false, nil
+	}
+	same, err := holdsDevice(path, device, block)
+	if err != nil {
+		return false, status.Errorf(codes.Internal, "inspect %s: %v", path, err)
+	}
+	if !same {
+		return false, status.Errorf(codes.AlreadyExists, "%s already holds something other than volume %s", path, id)
+	}
+	return true, nil
 }
 
 // formatOptions are given to mkfs on first use. ext4 gets

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"k8s.io/klog/v2"
+
 	"github.com/tarn-csi/tarn/pkg/atomicfile"
 	"github.com/tarn-csi/tarn/pkg/backend"
 )
@@ -116,4 +118,56 @@ func decodeMeta(data []byte, v any) error {
 
 func syncParent(path string) error {
 	return atomicfile.SyncDir(filepath.Dir(path))
+}
+
+// record is what both metadata kinds share, so that reading and listing
+// them is written once.
+type record interface {
+	volumeMeta | snapshotMeta
+}
+
+func recordID[T record](m T) string {
+	switch v := any(m).(type) {
+	case volumeMeta:
+		return v.ID
+	case snapshotMeta:
+		return v.ID
+	}
+	return ""
+}
+
+// readRecord reads the record of id from parent; an ID that could not have
+// been made by Tarn is NotFound without touching the filesystem.
+func readRecord[T record](parent, kind, id string, valid func(string) bool) (T, error) {
+	var m T
+	if !valid(id) {
+		return m, fmt.Errorf("%w: %s %q", backend.ErrNotFound, kind, id)
+	}
+	err := readMeta(filepath.Join(parent, id), &m)
+	if err == nil && recordID(m) != id {
+		err = fmt.Errorf("metadata of %s %s names %s", kind, id, recordID(m))
+	}
+	return m, err
+}
+
+// listRecords reads every record under parent, sorted by ID, skipping (and
+// logging) damaged ones so that one bad file cannot hide the rest of the
+// pool.
+func listRecords[T record](parent, kind string, valid func(string) bool) ([]T, error) {
+	ids, err := listIDs(parent, valid)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]T, 0, len(ids))
+	for _, id := range ids {
+		m, err := readRecord[T](parent, kind, id, valid)
+		if err != nil {
+			if !errors.Is(err, backend.ErrNotFound) {
+				klog.ErrorS(err, "Skipping unreadable record", "kind", kind, "id", id)
+			}
+			continue
+		}
+		out = append(out, m)
+	}
+	return out, nil
 }

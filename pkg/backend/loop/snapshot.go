@@ -97,32 +97,17 @@ func (b *Backend) GetSnapshot(ctx context.Context, id string) (backend.Snapshot,
 }
 
 func (b *Backend) readSnapshot(id string) (snapshotMeta, error) {
-	var m snapshotMeta
-	if !backend.ValidSnapshotID(id) {
-		return m, fmt.Errorf("%w: snapshot %q", backend.ErrNotFound, id)
-	}
-	err := readMeta(b.snapshotDir(id), &m)
-	if err == nil && m.ID != id {
-		err = fmt.Errorf("metadata of snapshot %s names %s", id, m.ID)
-	}
-	return m, err
+	return readRecord[snapshotMeta](filepath.Join(b.cfg.PoolDir, snapshotsDir), "snapshot", id, backend.ValidSnapshotID)
 }
 
 // ListSnapshots implements backend.Backend.
 func (b *Backend) ListSnapshots(ctx context.Context) ([]backend.Snapshot, error) {
-	ids, err := listIDs(filepath.Join(b.cfg.PoolDir, snapshotsDir), backend.ValidSnapshotID)
+	metas, err := listRecords[snapshotMeta](filepath.Join(b.cfg.PoolDir, snapshotsDir), "snapshot", backend.ValidSnapshotID)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]backend.Snapshot, 0, len(ids))
-	for _, id := range ids {
-		m, err := b.readSnapshot(id)
-		if err != nil {
-			if !errors.Is(err, backend.ErrNotFound) {
-				klog.ErrorS(err, "Skipping unreadable snapshot", "snapshotID", id)
-			}
-			continue
-		}
+	out := make([]backend.Snapshot, 0, len(metas))
+	for _, m := range metas {
 		out = append(out, m.snapshot())
 	}
 	return out, nil

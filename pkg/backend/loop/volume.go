@@ -284,15 +284,7 @@ func (b *Backend) GetVolume(ctx context.Context, id string) (backend.Volume, err
 }
 
 func (b *Backend) readVolume(id string) (volumeMeta, error) {
-	var m volumeMeta
-	if !backend.ValidVolumeID(id) {
-		return m, fmt.Errorf("%w: volume %q", backend.ErrNotFound, id)
-	}
-	err := readMeta(b.volumeDir(id), &m)
-	if err == nil && m.ID != id {
-		err = fmt.Errorf("metadata of volume %s names %s", id, m.ID)
-	}
-	return m, err
+	return readRecord[volumeMeta](filepath.Join(b.cfg.PoolDir, volumesDir), "volume", id, backend.ValidVolumeID)
 }
 
 // ListVolumes implements backend.Backend.
@@ -308,25 +300,8 @@ func (b *Backend) ListVolumes(ctx context.Context) ([]backend.Volume, error) {
 	return out, nil
 }
 
-// allVolumes reads every volume record, skipping (and logging) damaged ones
-// so that one bad file cannot hide the rest of the pool.
 func (b *Backend) allVolumes() ([]volumeMeta, error) {
-	ids, err := listIDs(filepath.Join(b.cfg.PoolDir, volumesDir), backend.ValidVolumeID)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]volumeMeta, 0, len(ids))
-	for _, id := range ids {
-		m, err := b.readVolume(id)
-		if err != nil {
-			if !errors.Is(err, backend.ErrNotFound) {
-				klog.ErrorS(err, "Skipping unreadable volume", "volumeID", id)
-			}
-			continue
-		}
-		out = append(out, m)
-	}
-	return out, nil
+	return listRecords[volumeMeta](filepath.Join(b.cfg.PoolDir, volumesDir), "volume", backend.ValidVolumeID)
 }
 
 func listIDs(dir string, valid func(string) bool) ([]string, error) {

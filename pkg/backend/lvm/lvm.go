@@ -1,0 +1,297 @@
+// Package lvm is Tarn's LVM backend: volumes and snapshots are logical
+// volumes of one volume group, thick (linear) or thin (in one thin pool).
+//
+// An object's LV is named by its ID (vol-<hex>, snap-<hex>), so a retried
+// call finds its earlier result by name, and everything else Tarn knows
+// about it is in the LV's tags (see tags.go): the VG is the only state. An LV
+// is created with every tag but tarn.complete, which is added last, when the
+// object is fully built; an owned LV without it is the leftover of an
+// interrupted call, never listed, removed at the next start.
+//
+// Snapshots:
+//
+//   - thin volume: an LVM thin snapshot, O(1), sharing blocks with its
+//     origin in the pool. It keeps LVM's activation-skip flag, so it is
+//     never activated, not even at boot. LVM suspends the origin for the
+//     instant of the snapshot, and device-mapper's suspend freezes a
+//     filesystem mounted on it, so the snapshot is consistent without
+//     Tarn's own freeze. Tarn must not FIFREEZE first: on Linux before
+//     about 6.6 (Debian 12's 6.1 included) the suspend then fails with
+//     EBUSY, because the freeze it does cannot nest in a userspace freeze.
+//   - thick volume: a full copy into a new, independent linear LV, O(data),
+//     made with the origin quiesced (a mounted filesystem is frozen for the
+//     whole copy; no device-mapper suspend happens during a plain copy, so
+//     freezing is safe on every kernel). Old-style LVM COW snapshots are
+//     not used: they become invalid, and their data unreadable, when their
+//     COW area fills.
+//
+// Restores and clones are thin snapshots of the snapshot or volume when
+// both ends are thin in the configured pool (the new LV loses the
+// activation-skip flag so it activates like any volume), and copies
+// otherwise. Deleting an origin never affects its snapshots or clones.
+package lvm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/tarn-csi/tarn/pkg/backend"
+	"github.com/tarn-csi/tarn/pkg/fsuuid"
+	lvmcmd "github.com/tarn-csi/tarn/pkg/lvm"
+)
+
+// Config configures the LVM backend.
+type Config struct {
+	// VolumeGroup holds every volume and snapshot; it must exist.
+	VolumeGroup string
+	// ThinPool is a thin pool LV of VolumeGroup; "" means no thin volumes.
+	ThinPool string
+	// DefaultType is the type of volumes whose StorageClass names none:
+	// "thin" or "thick"; "" means thin when ThinPool is set, else thick.
+	DefaultType string
+	// Timeout bounds each LVM command; 0 is lvm.DefaultTimeout.
+	Timeout time.Duration
+	// FreezeTimeout bounds how long a mounted filesystem stays frozen for
+	// a thick snapshot, on top of the copy's own time (see copyBudget).
+	FreezeTimeout time.Duration
+	// Runner runs LVM commands; nil means the real lvm binary.
+	Runner lvmcmd.Runner
+	// UUIDs regenerates filesystem UUIDs of clones; nil means the real
+	// tools.
+	UUIDs UUIDRegenerator
+}
+
+// UUIDRegenerator gives the filesystem on a device a new UUID so that a
+// clone can be mounted beside its origin.
+type UUIDRegenerator interface {
+	Regenerate(ctx context.Context, devicePath string) error
+}
+
+// Backend is an LVM volume group. It keeps no volume state in memory.
+type Backend struct {
+	cfg         Config
+	client      *lvmcmd.Client
+	uuids       UUIDRegenerator
+	defaultType string
+	// allocMu makes "check capacity, then create or extend" one step, so
+	// that two calls cannot both be promised the same last extents.
+	// Per-volume ordering is the driver's job.
+	allocMu sync.Mutex
+}
+
+var _ backend.Backend = (*Backend)(nil)
+
+// New opens a volume group and removes what interrupted calls left behind.
+func New(ctx context.Context, cfg Config) (*Backend, error) {
+	if !lvmcmd.ValidName(cfg.VolumeGroup) {
+		return nil, fmt.Errorf("lvm backend: volume group %q is not a valid name", cfg.VolumeGroup)
+	}
+	if cfg.ThinPool != "" && !lvmcmd.ValidName(cfg.ThinPool) {
+		return nil, fmt.Errorf("lvm backend: thin pool %q is not a valid name", cfg.ThinPool)
+	}
+	if cfg.FreezeTimeout == 0 {
+		cfg.FreezeTimeout = 10 * time.Second
+	}
+	b := &Backend{cfg: cfg, client: lvmcmd.NewClient(cfg.Runner, cfg.Timeout), uuids: cfg.UUIDs}
+	if b.uuids == nil {
+		b.uuids = fsuuid.Tool{}
+	}
+	switch {
+	case cfg.DefaultType == "" && cfg.ThinPool != "":
+		b.defaultType = typeThin
+	case cfg.DefaultType == "":
+		b.defaultType = typeThick
+	case cfg.DefaultType == typeThin && cfg.ThinPool == "":
+		return nil, errors.New("lvm backend: default type thin needs a thin pool")
+	case cfg.DefaultType == typeThin || cfg.DefaultType == typeThick:
+		b.defaultType = cfg.DefaultType
+	default:
+		return nil, fmt.Errorf("lvm backend: default type %q is neither thin nor thick", cfg.DefaultType)
+	}
+	if err := b.Ready(ctx); err != nil {
+		return nil, fmt.Errorf("lvm backend: %w", err)
+	}
+	if err := b.activatePool(ctx); err != nil {
+		return nil, fmt.Errorf("lvm backend: %w", err)
+	}
+	b.sweep(ctx)
+	klog.InfoS("Opened LVM volume group", "vg", cfg.VolumeGroup, "thinPool", cfg.ThinPool, "defaultType", b.defaultType)
+	return b, nil
+}
+
+// Kind implements backend.Backend.
+func (b *Backend) Kind() string { return "lvm" }
+
+// Ready implements backend.Backend: the VG and the thin pool must be there.
+func (b *Backend) Ready(ctx context.Context) error {
+	if _, err := b.client.VG(ctx, b.cfg.VolumeGroup); err != nil {
+		return fmt.Errorf("%w: volume group %s: %v", backend.ErrNotReady, b.cfg.VolumeGroup, err)
+	}
+	if b.cfg.ThinPool == "" {
+		return nil
+	}
+	pool, err := b.client.LV(ctx, b.cfg.VolumeGroup, b.cfg.ThinPool)
+	if err != nil {
+		return fmt.Errorf("%w: thin pool %s/%s: %v", backend.ErrNotReady, b.cfg.VolumeGroup, b.cfg.ThinPool, err)
+	}
+	if !pool.IsThinPool() {
+		return fmt.Errorf("%w: %s/%s is a %s LV, not a thin pool", backend.ErrNotReady, b.cfg.VolumeGroup, b.cfg.ThinPool, pool.Segtype)
+	}
+	return nil
+}
+
+// activatePool activates the thin pool if it is not: its usage, which
+// capacity and health depend on, is known only while it is active. Thin
+// volume activation would bring it up anyway.
+func (b *Backend) activatePool(ctx context.Context) error {
+	if b.cfg.ThinPool == "" {
+		return nil
+	}
+	pool, err := b.client.LV(ctx, b.cfg.VolumeGroup, b.cfg.ThinPool)
+	if err != nil || pool.Active {
+		return err
+	}
+	if err := b.client.Activate(ctx, b.cfg.VolumeGroup, b.cfg.ThinPool, false); err != nil {
+		return fmt.Errorf("activate thin pool: %w", err)
+	}
+	klog.InfoS("Activated thin pool", "vg", b.cfg.VolumeGroup, "thinPool", b.cfg.ThinPool)
+	return nil
+}
+
+// sweep removes Tarn LVs that never got their completion tag: the leftovers
+// of calls cut short by a crash or a restart. Only LVs named like Tarn
+// objects and carrying the owner tag are candidates, so that a stray tag on
+// someone else's LV cannot get it deleted.
+func (b *Backend) sweep(ctx context.Context) {
+	lvs, err := b.client.LVs(ctx, b.cfg.VolumeGroup)
+	if err != nil {
+		klog.ErrorS(err, "Cannot list LVs for cleanup", "vg", b.cfg.VolumeGroup)
+		return
+	}
+	for _, lv := range lvs {
+		if !lv.HasTag(tagOwner) || lv.HasTag(tagComplete) || !validID(lv.Name) {
+			continue
+		}
+		if err := b.client.Remove(ctx, b.cfg.VolumeGroup, lv.Name); err != nil {
+			klog.ErrorS(err, "Cannot remove leftover LV; retried at next start", "vg", b.cfg.VolumeGroup, "lv", lv.Name)
+			continue
+		}
+		klog.InfoS("Removed leftover LV of an interrupted call", "vg", b.cfg.VolumeGroup, "lv", lv.Name)
+	}
+}
+
+func validID(id string) bool { return backend.ValidVolumeID(id) || backend.ValidSnapshotID(id) }
+
+// find returns the Tarn object whose LV is named id, complete or not. A
+// missing LV is ErrNotFound; an LV of that name that Tarn did not make is
+// errForeign.
+func (b *Backend) find(ctx context.Context, id string) (object, error) {
+	lv, err := b.client.LV(ctx, b.cfg.VolumeGroup, id)
+	if err != nil {
+		return object{}, err
+	}
+	return decodeTags(lv)
+}
+
+// complete returns the complete object id, or ErrNotFound.
+func (b *Backend) complete(ctx context.Context, id string, valid func(string) bool, what string) (object, error) {
+	if !valid(id) {
+		return object{}, fmt.Errorf("%w: %s %q", backend.ErrNotFound, what, id)
+	}
+	o, err := b.find(ctx, id)
+	switch {
+	case errors.Is(err, errForeign):
+		return object{}, fmt.Errorf("%w: %s %s (%v)", backend.ErrNotFound, what, id, err)
+	case err != nil:
+		return object{}, err
+	case !o.Complete:
+		return object{}, fmt.Errorf("%w: %s %s is still being created", backend.ErrNotFound, what, id)
+	}
+	return o, nil
+}
+
+func (b *Backend) getVolume(ctx context.Context, id string) (object, error) {
+	return b.complete(ctx, id, backend.ValidVolumeID, "volume")
+}
+
+func (b *Backend) getSnapshot(ctx context.Context, id string) (object, error) {
+	return b.complete(ctx, id, backend.ValidSnapshotID, "snapshot")
+}
+
+// list returns the complete objects whose IDs pass valid, sorted by ID.
+// An owned LV whose tags cannot be read is logged and skipped so that it
+// cannot hide the rest.
+func (b *Backend) list(ctx context.Context, valid func(string) bool) ([]object, error) {
+	lvs, err := b.client.LVs(ctx, b.cfg.VolumeGroup)
+	if err != nil {
+		return nil, err
+	}
+	var out []object
+	for _, lv := range lvs {
+		if !valid(lv.Name) || !lv.HasTag(tagOwner) {
+			continue
+		}
+		o, err := decodeTags(lv)
+		if err != nil {
+			klog.ErrorS(err, "Skipping LV with unreadable Tarn tags", "vg", b.cfg.VolumeGroup, "lv", lv.Name)
+			continue
+		}
+		if o.Complete {
+			out = append(out, o)
+		}
+	}
+	sortObjects(out)
+	return out, nil
+}
+
+// build creates an object's LV with create, then runs the remaining steps
+// and finally marks it complete, applying finish in the same metadata
+// commit. Whatever fails after the LV exists removes it again, so that a
+// failed call leaves nothing behind; if even that fails, the LV lacks the
+// completion tag and the next start removes it.
+func (b *Backend) build(ctx context.Context, id string, finish lvmcmd.ChangeOptions, create func() error, steps ...func() error) (time.Time, error) {
+	if err := create(); err != nil {
+		return time.Time{}, err
+	}
+	fail := func(err error) (time.Time, error) {
+		// The caller's context may be what failed; cleanup must still run.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if rerr := b.client.Remove(cctx, b.cfg.VolumeGroup, id); rerr != nil && !errors.Is(rerr, backend.ErrNotFound) {
+			klog.ErrorS(rerr, "Cannot remove LV of a failed call; it is removed at next start", "lv", id)
+		}
+		return time.Time{}, err
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return fail(err)
+		}
+		if err := ctx.Err(); err != nil {
+			return fail(err)
+		}
+	}
+	created := time.Now().UTC()
+	finish.AddTags = append(finish.AddTags, completionTags(created)...)
+	if err := b.client.Change(ctx, b.cfg.VolumeGroup, id, finish); err != nil {
+		return fail(fmt.Errorf("mark %s complete: %w", id, err))
+	}
+	return created, nil
+}
+
+// removeLeftover removes an incomplete LV found where a retried call wants
+// to build: the driver serialises calls per name, so nothing else is
+// building it.
+func (b *Backend) removeLeftover(ctx context.Context, o object) error {
+	if err := b.client.Remove(ctx, b.cfg.VolumeGroup, o.ID); err != nil && !errors.Is(err, backend.ErrNotFound) {
+		return fmt.Errorf("remove incomplete %s left by an earlier attempt: %w", o.ID, err)
+	}
+	klog.InfoS("Removed incomplete LV of an earlier attempt", "lv", o.ID, "name", o.Name)
+	return nil
+}
+
+func (b *Backend) devicePath(id string) string { return lvmcmd.DevicePath(b.cfg.VolumeGroup, id) }

@@ -1,0 +1,272 @@
+package lvm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"sort"
+
+	"k8s.io/klog/v2"
+
+	"github.com/tarn-csi/tarn/pkg/backend"
+	lvmcmd "github.com/tarn-csi/tarn/pkg/lvm"
+)
+
+// CreateVolume implements backend.Backend.
+func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (backend.Volume, error) {
+	if err := backend.ValidateName(req.Name); err != nil {
+		return backend.Volume{}, err
+	}
+	id := backend.VolumeIDFor(req.Name)
+	existing, err := b.find(ctx, id)
+	switch {
+	case err == nil && existing.Complete:
+		return existing.volume(), compatible(existing, req)
+	case err == nil:
+		if err := b.removeLeftover(ctx, existing); err != nil {
+			return backend.Volume{}, err
+		}
+	case errors.Is(err, errForeign):
+		return backend.Volume{}, fmt.Errorf("%w: an LV named %s exists in %s that Tarn did not create", backend.ErrAlreadyExists, id, b.cfg.VolumeGroup)
+	case !errors.Is(err, backend.ErrNotFound):
+		return backend.Volume{}, err
+	}
+
+	cls, err := b.parseClass(req.Parameters)
+	if err != nil {
+		return backend.Volume{}, err
+	}
+	size, err := backend.RoundSize(req.RequiredBytes, req.LimitBytes, req.FsType)
+	if err != nil {
+		return backend.Volume{}, err
+	}
+	src, err := b.resolveSource(ctx, req.Source)
+	if err != nil {
+		return backend.Volume{}, err
+	}
+	if src != nil && src.lv.Size > size {
+		if req.LimitBytes > 0 && src.lv.Size > req.LimitBytes {
+			return backend.Volume{}, fmt.Errorf("%w: source is %d bytes, more than the limit of %d", backend.ErrOutOfRange, src.lv.Size, req.LimitBytes)
+		}
+		size = src.lv.Size
+	}
+	vg, err := b.client.VG(ctx, b.cfg.VolumeGroup)
+	if err != nil {
+		return backend.Volume{}, err
+	}
+	if size, err = extentSize(size, req.RequiredBytes, req.LimitBytes, vg.ExtentSize, req.FsType); err != nil {
+		return backend.Volume{}, err
+	}
+
+	o := object{
+		ID: id, Name: req.Name, Type: cls.Type, FsType: req.FsType, Params: maps.Clone(req.Parameters),
+		SourceSnapshotID: req.Source.SnapshotID, SourceVolumeID: req.Source.VolumeID,
+	}
+	tags, err := creationTags(o)
+	if err != nil {
+		return backend.Volume{}, err
+	}
+	thinClone := src != nil && cls.Type == typeThin && src.lv.IsThin() && src.lv.Pool == b.cfg.ThinPool
+	create := func() error {
+		b.allocMu.Lock()
+		defer b.allocMu.Unlock()
+		if err := b.ensureSpace(ctx, cls.Type, b.cfg.ThinPool, cls.Ratio, size); err != nil {
+			return err
+		}
+		if thinClone {
+			// A thin snapshot of the source, made an ordinary volume:
+			// no activation-skip flag, active for the steps below.
+			return b.client.ThinSnapshot(ctx, lvmcmd.ThinSnapshotOptions{
+				VG: b.cfg.VolumeGroup, Name: id, Origin: src.ID, Activate: true, Tags: tags,
+			})
+		}
+		pool := ""
+		if cls.Type == typeThin {
+			pool = b.cfg.ThinPool
+		}
+		return b.client.Create(ctx, lvmcmd.CreateOptions{
+			VG: b.cfg.VolumeGroup, Name: id, Size: size, ThinPool: pool, Tags: tags, Activate: src != nil,
+		})
+	}
+	var steps []func() error
+	switch {
+	case thinClone && size > src.lv.Size:
+		steps = append(steps, func() error { return b.client.Extend(ctx, b.cfg.VolumeGroup, id, size) })
+	case src != nil && !thinClone:
+		steps = append(steps, func() error {
+			// A fresh thin LV reads as zeros, so zero blocks need not
+			// be written (and allocated); a linear LV holds whatever
+			// an earlier LV left on its extents.
+			return b.copyFrom(ctx, *src, id, cls.Type == typeThin)
+		})
+	}
+	if src != nil {
+		steps = append(steps, func() error { return b.regenerateUUID(ctx, id) })
+	}
+	if src != nil || cls.Type == typeThick {
+		// Attached means staged: a new volume is left inactive, as the
+		// node's first AttachVolume expects.
+		steps = append(steps, func() error { return b.client.Deactivate(ctx, b.cfg.VolumeGroup, id) })
+	}
+	created, err := b.build(ctx, id, lvmcmd.ChangeOptions{}, create, steps...)
+	if err != nil {
+		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
+	}
+	o.CreatedAt = created
+	if o.lv, err = b.client.LV(ctx, b.cfg.VolumeGroup, id); err != nil {
+		return backend.Volume{}, err
+	}
+	method := "blank"
+	switch {
+	case thinClone:
+		method = methodThin
+	case src != nil:
+		method = methodCopy
+	}
+	klog.V(2).InfoS("Created LVM volume", "volumeID", id, "name", req.Name, "type", cls.Type, "size", o.lv.Size, "method", method)
+	return o.volume(), nil
+}
+
+// compatible decides whether a retried CreateVolume may return the volume
+// that already carries its name.
+func compatible(o object, req backend.VolumeRequest) error {
+	switch {
+	case !backend.Fits(o.lv.Size, req.RequiredBytes, req.LimitBytes):
+		return fmt.Errorf("%w: volume %q is %d bytes, outside the requested range", backend.ErrAlreadyExists, req.Name, o.lv.Size)
+	case o.SourceSnapshotID != req.Source.SnapshotID || o.SourceVolumeID != req.Source.VolumeID:
+		return fmt.Errorf("%w: volume %q has a different content source", backend.ErrAlreadyExists, req.Name)
+	case o.FsType != req.FsType && req.FsType != "" && o.FsType != "":
+		return fmt.Errorf("%w: volume %q was made for %s, not %s", backend.ErrAlreadyExists, req.Name, o.FsType, req.FsType)
+	case !maps.Equal(o.Params, req.Parameters):
+		return fmt.Errorf("%w: volume %q has different parameters", backend.ErrAlreadyExists, req.Name)
+	}
+	return nil
+}
+
+// resolveSource returns the complete snapshot or volume a new volume is to
+// be made from, nil for a blank volume.
+func (b *Backend) resolveSource(ctx context.Context, s backend.Source) (*object, error) {
+	switch {
+	case s.SnapshotID != "" && s.VolumeID != "":
+		return nil, fmt.Errorf("%w: a volume cannot come from both a snapshot and a volume", backend.ErrInvalid)
+	case s.SnapshotID != "":
+		o, err := b.getSnapshot(ctx, s.SnapshotID)
+		if err != nil {
+			return nil, fmt.Errorf("source snapshot: %w", err)
+		}
+		return &o, nil
+	case s.VolumeID != "":
+		o, err := b.getVolume(ctx, s.VolumeID)
+		if err != nil {
+			return nil, fmt.Errorf("source volume: %w", err)
+		}
+		return &o, nil
+	}
+	return nil, nil
+}
+
+// regenerateUUID gives a clone's filesystem its own UUID while the LV is
+// active. A failure is logged, not fatal: the node mounts XFS with nouuid,
+// and ext4 tolerates duplicates.
+func (b *Backend) regenerateUUID(ctx context.Context, id string) error {
+	if err := b.uuids.Regenerate(ctx, b.devicePath(id)); err != nil {
+		klog.InfoS("Cannot give clone a new filesystem UUID", "lv", id, "err", err)
+	}
+	return nil
+}
+
+// DeleteVolume implements backend.Backend. Snapshots and clones of the
+// volume are separate LVs and stay usable: thin snapshots keep their
+// blocks in the pool, copies never shared any.
+func (b *Backend) DeleteVolume(ctx context.Context, id string) error {
+	return b.remove(ctx, id, backend.ValidVolumeID, "volume")
+}
+
+func (b *Backend) remove(ctx context.Context, id string, valid func(string) bool, what string) error {
+	if !valid(id) {
+		return nil
+	}
+	o, err := b.find(ctx, id)
+	switch {
+	case errors.Is(err, backend.ErrNotFound):
+		return nil
+	case errors.Is(err, errForeign):
+		klog.InfoS("Not deleting an LV Tarn did not create", "lv", id)
+		return nil
+	case err != nil && !o.lv.HasTag(tagOwner):
+		return err
+	}
+	// An owned LV with unreadable tags is still Tarn's to delete.
+	if o.lv.DeviceOpen {
+		return fmt.Errorf("%w: %s %s is open on this node (attached or mounted); unstage it first", backend.ErrInUse, what, id)
+	}
+	if err := b.client.Remove(ctx, b.cfg.VolumeGroup, id); err != nil && !errors.Is(err, backend.ErrNotFound) {
+		return fmt.Errorf("delete %s %s: %w", what, id, err)
+	}
+	klog.V(2).InfoS("Deleted LVM "+what, "id", id)
+	return nil
+}
+
+// GetVolume implements backend.Backend.
+func (b *Backend) GetVolume(ctx context.Context, id string) (backend.Volume, error) {
+	o, err := b.getVolume(ctx, id)
+	if err != nil {
+		return backend.Volume{}, err
+	}
+	return o.volume(), nil
+}
+
+// ListVolumes implements backend.Backend.
+func (b *Backend) ListVolumes(ctx context.Context) ([]backend.Volume, error) {
+	objs, err := b.list(ctx, backend.ValidVolumeID)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]backend.Volume, 0, len(objs))
+	for _, o := range objs {
+		out = append(out, o.volume())
+	}
+	return out, nil
+}
+
+func sortObjects(objs []object) {
+	sort.Slice(objs, func(i, j int) bool { return objs[i].ID < objs[j].ID })
+}
+
+// ExpandVolume implements backend.Backend. Device-mapper sees the new size
+// at once, so the node only has to grow the filesystem.
+func (b *Backend) ExpandVolume(ctx context.Context, id string, sizeBytes, limitBytes int64) (int64, error) {
+	o, err := b.getVolume(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	size, err := backend.RoundSize(sizeBytes, limitBytes, o.FsType)
+	if err != nil {
+		return 0, err
+	}
+	vg, err := b.client.VG(ctx, b.cfg.VolumeGroup)
+	if err != nil {
+		return 0, err
+	}
+	if size, err = extentSize(size, sizeBytes, limitBytes, vg.ExtentSize, o.FsType); err != nil {
+		return 0, err
+	}
+	if size <= o.lv.Size {
+		return o.lv.Size, nil
+	}
+	typ, pool := typeThick, ""
+	if o.lv.IsThin() {
+		typ, pool = typeThin, o.lv.Pool
+	}
+	b.allocMu.Lock()
+	defer b.allocMu.Unlock()
+	if err := b.ensureSpace(ctx, typ, pool, ratioOf(o), size-o.lv.Size); err != nil {
+		return 0, err
+	}
+	if err := b.client.Extend(ctx, b.cfg.VolumeGroup, id, size); err != nil {
+		return 0, fmt.Errorf("expand volume %s: %w", id, err)
+	}
+	klog.V(2).InfoS("Expanded LVM volume", "volumeID", id, "from", o.lv.Size, "to", size)
+	return size, nil
+}
