@@ -5,6 +5,8 @@ import (
 	"context"
 	"flag"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -156,5 +158,36 @@ func TestCallLogNeverShowsSecrets(t *testing.T) {
 	}
 	if strings.Contains(out, "hunter2-do-not-log") {
 		t.Errorf("a secret reached the log: %q", out)
+	}
+}
+
+func TestHealthEndpointFollowsPool(t *testing.T) {
+	pool := t.TempDir()
+	b, err := loop.New(context.Background(), loop.Config{PoolDir: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(Config{Endpoint: "unix:///unused", NodeID: "n1", Backend: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(d.healthHandler())
+	defer srv.Close()
+	get := func() int {
+		resp, err := http.Get(srv.URL + "/healthz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := get(); code != http.StatusOK {
+		t.Errorf("healthy pool: %d", code)
+	}
+	if err := os.RemoveAll(filepath.Join(pool, ".staging")); err != nil {
+		t.Fatal(err)
+	}
+	if code := get(); code != http.StatusServiceUnavailable {
+		t.Errorf("broken pool: %d, want 503", code)
 	}
 }
