@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 IMAGE ?= tarn:$(VERSION)
 GOTEST_FLAGS ?= -count=1 -timeout 40m
 
-.PHONY: all build vet deps test unit integration sanity demo image clean
+.PHONY: all build vet deps test fuzz unit integration sanity demo image clean
 
 all: build
 
@@ -22,10 +22,25 @@ vet:
 deps:
 	@bash test/install-deps.sh
 
-# Everything: unit, integration (real loop devices, filesystems, mounts)
-# and csi-sanity on reflink and non-reflink pools.
+# Everything: unit, integration (real loop devices, filesystems, mounts),
+# csi-sanity on reflink and non-reflink pools, and a short fuzz run.
 test: deps vet
 	$(GO) test $(GOTEST_FLAGS) ./...
+	$(MAKE) fuzz
+
+# Each fuzz target for FUZZTIME (longer budgets: make fuzz FUZZTIME=10m).
+FUZZTIME ?= 3s
+FUZZ_TARGETS := ./pkg/backend:FuzzIDs ./pkg/backend:FuzzRoundSize \
+	./pkg/backend/loop:FuzzDecodeMeta ./pkg/driver:FuzzPaginate \
+	./pkg/driver:FuzzRequestPaths ./pkg/driver:FuzzParameters
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
+		out=$$($(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg 2>&1) || \
+			{ echo "$$out" | grep -v '^fuzz: elapsed'; exit 1; }; \
+		echo "$$out" | tail -1; \
+	done
 
 unit: deps
 	$(GO) test $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v -e /sanity -e /test/)
@@ -46,3 +61,50 @@ image:
 
 clean:
 	rm -rf bin
+
+# ---- begin: LVM test VM (test/vm) ------------------------------------------
+# The host kernel has no device-mapper, so LVM tests run in a QEMU guest
+# booted by test/vm/run.sh (see test/vm/README.md). Use it as go test's runner:
+#   go test -exec "$(CURDIR)/test/vm/run.sh --" ./some/lvm/package/
+VM_RUN := $(CURDIR)/test/vm/run.sh
+
+.PHONY: vm-image vm-selftest
+
+# Build the guest kernel + initramfs into the cache (a no-op when cached).
+vm-image:
+	@bash test/vm/build-image.sh
+
+# LVM self-test in the guest, then exit-status propagation: a plain command
+# and a go test run through -exec, passing and failing.
+vm-selftest: vm-image
+	@TIMEFORMAT='vm-selftest: %Rs'; time $(VM_RUN) -- test/vm/selftest.sh
+	@rc=0; $(VM_RUN) -- sh -c 'echo "exiting with 3 on purpose"; exit 3' || rc=$$?; \
+	  if [ $$rc -ne 3 ]; then echo "vm-selftest: FAIL: exit status $$rc, want 3"; exit 1; fi; \
+	  echo "vm-selftest: exit status 3 propagated"
+	TARN_VMCHECK_TOKEN=t0k3n TARN_VMCHECK_EXPECT_TOKEN=t0k3n \
+	  $(GO) test -count=1 -v -exec "$(VM_RUN) --" ./test/vm/vmcheck/
+	@rc=0; TARN_VMCHECK_FAIL=1 $(GO) test -count=1 -exec "$(VM_RUN) --" ./test/vm/vmcheck/ || rc=$$?; \
+	  if [ $$rc -eq 0 ]; then echo "vm-selftest: FAIL: go test passed, want a failure"; exit 1; fi; \
+	  echo "vm-selftest: go test failure propagated (exit $$rc)"
+	@echo "vm-selftest: OK"
+# ---- end: LVM test VM --------------------------------------------------------
+
+# ---- benchmarks (test/bench; see test/bench/README.md) ----------------------
+.PHONY: bench bench-smoke bench-deps
+BENCH_FLAGS ?=
+
+bench-deps:
+	@bash test/bench/install-deps.sh
+
+# Full benchmark, about 10-15 minutes as root: writes
+# test/bench/results/latest.{json,md} and snapshot-vs-size.png. Exits 3 when
+# a target is missed (the results are written all the same).
+bench: deps bench-deps build
+	$(GO) run ./test/bench --tarn bin/tarn --out test/bench/results $(BENCH_FLAGS)
+
+# Every measurement once at toy size, in under 2 minutes, so the harness
+# cannot rot: fails on any measurement error or leftover, never on a missed
+# target.
+bench-smoke: deps bench-deps build
+	$(GO) run ./test/bench --tarn bin/tarn --smoke $(BENCH_FLAGS)
+# ---- end of benchmarks ------------------------------------------------------

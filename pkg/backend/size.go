@@ -1,6 +1,9 @@
 package backend
 
-import "fmt"
+import (
+	"fmt"
+	"math"
+)
 
 const (
 	MiB = int64(1) << 20
@@ -42,6 +45,9 @@ func RoundSize(required, limit int64, fsType string) (int64, error) {
 		if limit > 0 && size > limit {
 			size = limit
 		}
+	}
+	if size > math.MaxInt64-SizeGranularity {
+		return 0, fmt.Errorf("%w: %d bytes is beyond any pool", ErrOutOfRange, size)
 	}
 	size = roundUp(size, SizeGranularity)
 	if min := MinSize(fsType); size < min {

@@ -22,6 +22,14 @@ func TestRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := e.createVolume("r", typeThin, volSize, backend.Source{SnapshotID: s.ID})
+	// A copy snapshot of a detached origin activates it only for the copy.
+	ts, err := e.b.CreateSnapshot(e.ctx, backend.SnapshotRequest{Name: e.name("thick-snap"), SourceVolumeID: thick.ID})
+	if err != nil || ts.Method != methodCopy {
+		t.Fatalf("snapshot of a detached thick volume = %+v, %v", ts, err)
+	}
+	if e.lv(thick.ID).Active || e.lv(ts.ID).Active {
+		t.Errorf("copy left the origin or the snapshot active")
+	}
 
 	// What interrupted calls leave: LVs with every tag but the last.
 	leftVol := e.incomplete("left-volume", backend.VolumeIDFor, e.pool)
@@ -69,8 +77,10 @@ func TestRestart(t *testing.T) {
 			t.Errorf("volume %s before restart %+v (%v), after %+v (%v)", id, before, err1, after, err2)
 		}
 	}
-	if after, err := b2.GetSnapshot(e.ctx, s.ID); err != nil || !reflect.DeepEqual(after, s) {
-		t.Errorf("snapshot before restart %+v, after %+v (%v)", s, after, err)
+	for _, snap := range []backend.Snapshot{s, ts} {
+		if after, err := b2.GetSnapshot(e.ctx, snap.ID); err != nil || !reflect.DeepEqual(after, snap) {
+			t.Errorf("snapshot before restart %+v, after %+v (%v)", snap, after, err)
+		}
 	}
 	if got, err := b2.GetVolume(e.ctx, r.ID); err != nil || got.Source.SnapshotID != s.ID || got.Parameters[ParamType] != typeThin {
 		t.Errorf("restored volume after restart = %+v, %v", got, err)
