@@ -78,6 +78,8 @@ type Backend struct {
 	loop    loopdev.Interface
 	uuids   UUIDRegenerator
 	reflink bool
+	volumes   *recordCache[volumeMeta]
+	snapshots *recordCache[snapshotMeta]
 	// attachMu serialises loop attach/detach so that two volumes racing
 	// for the same free loop device cannot both see "not attached" for one
 	// file; per-volume locking is the driver's job.
@@ -104,6 +106,12 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		cfg.FreezeTimeout = 10 * time.Second
 	}
 	b := &Backend{cfg: cfg, loop: cfg.Loop, uuids: cfg.UUIDs}
+	b.volumes = newRecordCache(func() ([]volumeMeta, error) {
+		return listRecords[volumeMeta](filepath.Join(abs, volumesDir), "volume", backend.ValidVolumeID)
+	})
+	b.snapshots = newRecordCache(func() ([]snapshotMeta, error) {
+		return listRecords[snapshotMeta](filepath.Join(abs, snapshotsDir), "snapshot", backend.ValidSnapshotID)
+	})
 	if b.loop == nil {
 		b.loop = &loopdev.Manager{}
 	}

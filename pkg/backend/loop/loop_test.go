@@ -3,6 +3,7 @@ package loop
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -253,6 +254,11 @@ func TestCorruptMetadataHidesOnlyThatVolume(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, volumesDir, ids[1], metaFile), []byte("{garbage"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// Records are cached once read; a restart reads the damaged file.
+	b, err := New(ctx, Config{PoolDir: dir, Loop: &fakeLoop{}, UUIDs: noUUIDs{}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	vols, err := b.ListVolumes(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -352,5 +358,58 @@ func TestCapacityAccountsForSparseGrowth(t *testing.T) {
 	drop := before.AvailableBytes - after.AvailableBytes
 	if drop < 60*backend.MiB || drop > 80*backend.MiB {
 		t.Errorf("available dropped by %d bytes for a 64 MiB sparse volume", drop)
+	}
+}
+
+// The in-memory record cache must agree with the pool after any mix of
+// changes, including ones racing with its first load.
+func TestRecordCacheMatchesPool(t *testing.T) {
+	ctx := context.Background()
+	b, _, dir := newTestBackend(t)
+	var wg sync.WaitGroup
+	for i := 0; i < 40; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			v, err := b.CreateVolume(ctx, backend.VolumeRequest{Name: fmt.Sprint("v", i), RequiredBytes: backend.MiB})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if i%4 == 0 {
+				if err := b.DeleteVolume(ctx, v.ID); err != nil {
+					t.Error(err)
+				}
+			}
+			if i%3 == 0 {
+				if _, err := b.ExpandVolume(ctx, v.ID, 2*backend.MiB, 0); err != nil && !errors.Is(err, backend.ErrNotFound) {
+					t.Error(err)
+				}
+			}
+		}(i)
+		if i == 5 {
+			go b.ListVolumes(ctx)
+		}
+	}
+	wg.Wait()
+	cached, err := b.ListVolumes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := New(ctx, Config{PoolDir: dir, Loop: &fakeLoop{}, UUIDs: noUUIDs{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	onDisk, err := fresh.ListVolumes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cached) != 30 || len(onDisk) != 30 {
+		t.Fatalf("cached %d, on disk %d, want 30", len(cached), len(onDisk))
+	}
+	for i := range cached {
+		if cached[i].ID != onDisk[i].ID || cached[i].SizeBytes != onDisk[i].SizeBytes {
+			t.Errorf("cache %+v, disk %+v", cached[i], onDisk[i])
+		}
 	}
 }

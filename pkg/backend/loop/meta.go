@@ -78,6 +78,28 @@ func writeMeta(dir string, v any) error {
 	return atomicfile.WriteFile(filepath.Join(dir, metaFile), data, 0o600)
 }
 
+// writeNewMeta writes the record of an object still in its staging
+// directory: nothing can see it yet, so it needs no temporary file and
+// rename, only an fsync; buildObject syncs the directory before publishing.
+func writeNewMeta(dir string, v any) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode metadata: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, metaFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("create metadata: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("write metadata: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync metadata: %w", err)
+	}
+	return f.Close()
+}
+
 // readMeta decodes an object's record; a missing directory is ErrNotFound.
 func readMeta(dir string, v any) error {
 	data, err := os.ReadFile(filepath.Join(dir, metaFile))

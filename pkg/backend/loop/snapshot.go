@@ -61,11 +61,12 @@ func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotReques
 		meta.Method = string(method)
 		// The creation time is the instant the data was captured.
 		meta.CreatedAt = time.Now().UTC()
-		return writeMeta(dir, meta)
+		return writeNewMeta(dir, meta)
 	})
 	if err != nil {
 		return backend.Snapshot{}, err
 	}
+	b.snapshots.put(meta)
 	if meta.Method == string(filecopy.Reflink) {
 		b.markShared(&vol)
 	}
@@ -83,6 +84,7 @@ func (b *Backend) DeleteSnapshot(ctx context.Context, id string) error {
 	if err := b.removeObject(b.snapshotDir(id)); err != nil {
 		return err
 	}
+	b.snapshots.remove(id)
 	klog.V(2).InfoS("Deleted loop snapshot", "snapshotID", id)
 	return nil
 }
@@ -102,7 +104,7 @@ func (b *Backend) readSnapshot(id string) (snapshotMeta, error) {
 
 // ListSnapshots implements backend.Backend.
 func (b *Backend) ListSnapshots(ctx context.Context) ([]backend.Snapshot, error) {
-	metas, err := listRecords[snapshotMeta](filepath.Join(b.cfg.PoolDir, snapshotsDir), "snapshot", backend.ValidSnapshotID)
+	metas, err := b.snapshots.all()
 	if err != nil {
 		return nil, err
 	}

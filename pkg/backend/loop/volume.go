@@ -64,11 +64,12 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 			return err
 		}
 		meta.Shared = method == filecopy.Reflink
-		return writeMeta(dir, meta)
+		return writeNewMeta(dir, meta)
 	})
 	if err != nil {
 		return backend.Volume{}, err
 	}
+	b.volumes.put(meta)
 	if src != nil && method == filecopy.Reflink && src.volume != nil {
 		b.markShared(src.volume)
 	}
@@ -184,8 +185,13 @@ func (b *Backend) fillData(ctx context.Context, path string, src *source, size i
 	if err := f.Truncate(size); err != nil {
 		return "", fmt.Errorf("size data file: %w", err)
 	}
-	if err := f.Sync(); err != nil {
-		return "", fmt.Errorf("fsync data file: %w", err)
+	// A blank volume's only state is its size, which every attach and
+	// expansion restores from the record (ensureFileSize); only copied
+	// data needs an fsync of its own.
+	if src != nil {
+		if err := f.Sync(); err != nil {
+			return "", fmt.Errorf("fsync data file: %w", err)
+		}
 	}
 	if src != nil {
 		// A clone carries its origin's filesystem UUID; two mounted XFS
@@ -248,7 +254,9 @@ func (b *Backend) markShared(m *volumeMeta) {
 	m.UpdatedAt = time.Now().UTC()
 	if err := writeMeta(b.volumeDir(m.ID), *m); err != nil {
 		klog.ErrorS(err, "Cannot record shared extents; capacity may be overstated", "volumeID", m.ID)
+		return
 	}
+	b.volumes.put(*m)
 }
 
 // DeleteVolume implements backend.Backend.
@@ -270,6 +278,7 @@ func (b *Backend) DeleteVolume(ctx context.Context, id string) error {
 	if err := b.removeObject(dir); err != nil {
 		return err
 	}
+	b.volumes.remove(id)
 	klog.V(2).InfoS("Deleted loop volume", "volumeID", id)
 	return nil
 }
@@ -301,7 +310,7 @@ func (b *Backend) ListVolumes(ctx context.Context) ([]backend.Volume, error) {
 }
 
 func (b *Backend) allVolumes() ([]volumeMeta, error) {
-	return listRecords[volumeMeta](filepath.Join(b.cfg.PoolDir, volumesDir), "volume", backend.ValidVolumeID)
+	return b.volumes.all()
 }
 
 func listIDs(dir string, valid func(string) bool) ([]string, error) {
@@ -347,6 +356,7 @@ func (b *Backend) ExpandVolume(ctx context.Context, id string, sizeBytes, limitB
 	if err := writeMeta(b.volumeDir(id), m); err != nil {
 		return 0, err
 	}
+	b.volumes.put(m)
 	klog.V(2).InfoS("Expanded loop volume", "volumeID", id, "size", size)
 	return size, nil
 }
