@@ -71,13 +71,14 @@ type UUIDRegenerator interface {
 	Regenerate(ctx context.Context, imagePath string) error
 }
 
-// Backend is a loop pool. It holds no volume state in memory: everything is
-// read from the pool and the kernel on each call.
+// Backend is a loop pool. The pool and the kernel are the only state: the
+// in-memory record caches are rebuilt from the pool at start, and whether a
+// volume is attached is always asked of the kernel.
 type Backend struct {
-	cfg     Config
-	loop    loopdev.Interface
-	uuids   UUIDRegenerator
-	reflink bool
+	cfg       Config
+	loop      loopdev.Interface
+	uuids     UUIDRegenerator
+	reflink   bool
 	volumes   *recordCache[volumeMeta]
 	snapshots *recordCache[snapshotMeta]
 	// attachMu serialises loop attach/detach so that two volumes racing
