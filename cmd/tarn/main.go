@@ -16,6 +16,7 @@ import (
 
 	"github.com/tarn-csi/tarn/pkg/backend"
 	"github.com/tarn-csi/tarn/pkg/backend/loop"
+	"github.com/tarn-csi/tarn/pkg/backend/lvm"
 	"github.com/tarn-csi/tarn/pkg/driver"
 )
 
@@ -66,6 +67,8 @@ type serveConfig struct {
 	disableReflink bool
 	freezeTimeout  time.Duration
 	maxVolumes     int64
+	volumeGroup    string
+	thinPool       string
 }
 
 func parseServeFlags(args []string) (serveConfig, error) {
@@ -74,10 +77,12 @@ func parseServeFlags(args []string) (serveConfig, error) {
 	var c serveConfig
 	fs.StringVar(&c.endpoint, "endpoint", "unix:///run/tarn/csi.sock", "CSI endpoint (unix socket)")
 	fs.StringVar(&c.nodeID, "node-id", hostname, "this node's ID, also its topology value")
-	fs.StringVar(&c.backendKind, "backend", "loop", "storage backend: loop")
+	fs.StringVar(&c.backendKind, "backend", "loop", "storage backend: loop or lvm")
 	fs.StringVar(&c.poolDir, "pool-dir", "/var/lib/tarn/pool", "loop backend: directory holding the pool")
 	fs.BoolVar(&c.directIO, "direct-io", true, "loop backend: attach loop devices with direct I/O where the pool allows it")
 	fs.BoolVar(&c.disableReflink, "disable-reflink", false, "loop backend: always copy instead of reflinking snapshots and clones")
+	fs.StringVar(&c.volumeGroup, "volume-group", "", "lvm backend: volume group holding the volumes")
+	fs.StringVar(&c.thinPool, "thin-pool", "", "lvm backend: thin pool in the volume group; volumes are thin by default when set, thick otherwise")
 	fs.DurationVar(&c.freezeTimeout, "freeze-timeout", 10*time.Second, "longest a filesystem stays frozen for a snapshot")
 	fs.Int64Var(&c.maxVolumes, "max-volumes-per-node", 0, "volumes this node may hold, reported to the scheduler; 0 is no limit")
 	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
@@ -135,7 +140,16 @@ func openBackend(ctx context.Context, c serveConfig) (backend.Backend, error) {
 			DisableReflink: c.disableReflink,
 			FreezeTimeout:  c.freezeTimeout,
 		})
+	case "lvm":
+		if c.volumeGroup == "" {
+			return nil, errors.New("the lvm backend needs --volume-group")
+		}
+		return lvm.New(ctx, lvm.Config{
+			VolumeGroup:   c.volumeGroup,
+			ThinPool:      c.thinPool,
+			FreezeTimeout: c.freezeTimeout,
+		})
 	default:
-		return nil, fmt.Errorf("unknown backend %q (supported: loop)", c.backendKind)
+		return nil, fmt.Errorf("unknown backend %q (supported: loop, lvm)", c.backendKind)
 	}
 }

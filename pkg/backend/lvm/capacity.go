@@ -184,6 +184,10 @@ func (b *Backend) ensureSpace(ctx context.Context, typ, pool string, ratio float
 // or down when that would pass the limit, as long as the result still
 // satisfies the request.
 func extentSize(size, required, limit, extent int64, fsType string) (int64, error) {
+	if size > math.MaxInt64-extent {
+		// Rounding up would overflow; no VG is that large anyway.
+		return 0, fmt.Errorf("%w: %d bytes is beyond any volume group", backend.ErrOutOfRange, size)
+	}
 	s := (size + extent - 1) / extent * extent
 	if limit > 0 && s > limit {
 		s = limit / extent * extent

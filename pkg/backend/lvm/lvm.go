@@ -29,6 +29,14 @@
 // both ends are thin in the configured pool (the new LV loses the
 // activation-skip flag so it activates like any volume), and copies
 // otherwise. Deleting an origin never affects its snapshots or clones.
+//
+// A new thick LV is zeroed only where LVM zeroes it, its first 4 KiB
+// (which wipes filesystem signatures): a raw block volume can read what an
+// earlier LV left on its extents. A thin volume reads zeros wherever it was
+// never written.
+//
+// Capacity is what LVM would really give (see capacityOf), and a call that
+// does not fit fails with ErrNoSpace before any LV is created.
 package lvm
 
 import (

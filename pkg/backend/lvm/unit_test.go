@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -208,6 +209,7 @@ func TestExtentSize(t *testing.T) {
 		{5 * mib, 3 * mib, 6 * mib, 4 * mib, true},
 		{5 * mib, 5 * mib, 6 * mib, 0, false},
 		{16 * mib, 16 * mib, 18 * mib, 16 * mib, true},
+		{math.MaxInt64 - mib + 1, 0, 0, 0, false},
 	} {
 		got, err := extentSize(tc.size, tc.required, tc.limit, 4*mib, "")
 		if tc.ok && (err != nil || got != tc.want) {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tarn-csi/tarn/pkg/backend"
 	"github.com/tarn-csi/tarn/pkg/freeze"
@@ -115,6 +116,10 @@ func TestSnapshotOfMountedFilesystem(t *testing.T) {
 			v := e.createVolume("v", typ, volSize, backend.Source{})
 			dev := e.attach(v.ID)
 			run(t, "mkfs.ext4", "-q", dev)
+			// Mounted in a later second than made, as any volume in
+			// use is: tune2fs then refuses a new UUID on a copy until
+			// it is checked.
+			time.Sleep(1100 * time.Millisecond)
 			mnt := mount(t, dev)
 			data := strings.Repeat("consistent ", 300000)
 			if err := os.WriteFile(filepath.Join(mnt, "data"), []byte(data), 0o644); err != nil {
@@ -129,9 +134,18 @@ func TestSnapshotOfMountedFilesystem(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(mnt, "after"), []byte("x"), 0o644); err != nil {
 				t.Fatalf("origin not writable after the snapshot (left frozen?): %v", err)
 			}
+			// The snapshot itself must be consistent, before a restore
+			// preens a copy of it.
+			if err := e.client.Activate(e.ctx, e.vg, s.ID, true); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("e2fsck -fn of the snapshot:\n%s", run(t, "e2fsck", "-fn", lvmcmd.DevicePath(e.vg, s.ID)))
+			if err := e.client.Deactivate(e.ctx, e.vg, s.ID); err != nil {
+				t.Fatal(err)
+			}
 			r := e.createVolume("restored", typ, volSize, backend.Source{SnapshotID: s.ID})
 			rdev := e.attach(r.ID)
-			t.Logf("e2fsck -fn of the restored volume:\n%s", run(t, "e2fsck", "-fn", rdev))
+			run(t, "e2fsck", "-fn", rdev)
 			uuid := func(d string) string { return strings.TrimSpace(run(t, "blkid", "-s", "UUID", "-o", "value", d)) }
 			if uuid(rdev) == uuid(dev) {
 				t.Errorf("restored filesystem kept its origin's UUID %s", uuid(dev))
