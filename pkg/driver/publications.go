@@ -50,11 +50,21 @@ func publications(device string, except ...string) ([]string, error) {
 		return nil, err
 	}
 	major, minor := int(unix.Major(rdev)), int(unix.Minor(rdev))
-	nodeRoot := "/" + filepath.Base(device)
+	// A device node bound onto a file shows in the mount table as a mount
+	// of the /dev filesystem, under whatever name the node has there
+	// (/loop0, /mapper/vg-lv, /dm-3): compare the node's device number.
 	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
-		fsMount := m.Major == major && m.Minor == minor
-		nodeBind := m.Root == nodeRoot && (m.FSType == "devtmpfs" || m.FSType == "tmpfs")
-		return !fsMount && !nodeBind, false
+		if m.Major == major && m.Minor == minor {
+			return false, false
+		}
+		if m.FSType != "devtmpfs" && m.FSType != "tmpfs" {
+			return true, false
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(m.Mountpoint, &st); err != nil {
+			return true, false
+		}
+		return st.Mode&unix.S_IFMT != unix.S_IFBLK || st.Rdev != rdev, false
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read mount table: %w", err)
