@@ -17,32 +17,60 @@ import (
 
 	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
 
+	"github.com/tarn-csi/tarn/pkg/backend"
 	"github.com/tarn-csi/tarn/pkg/backend/loop"
+	"github.com/tarn-csi/tarn/pkg/backend/lvm"
 	"github.com/tarn-csi/tarn/pkg/driver"
 	"github.com/tarn-csi/tarn/test/testpool"
 )
 
 // configuration is one run of the suite.
 type configuration struct {
-	pool   testpool.Kind
-	access string // "mount" or "block"
-	fsType string // filesystem asked through the StorageClass parameter
+	backend string // "loop" or "lvm"
+	pool    testpool.Kind
+	lvmType string // "thin" or "thick"
+	access  string // "mount" or "block"
+	fsType  string // filesystem asked through the StorageClass parameter
 }
 
 func (c configuration) name() string {
-	if c.access == "block" {
-		return fmt.Sprintf("%s-pool/block", c.pool)
+	where := fmt.Sprintf("%s-pool", c.pool)
+	if c.backend == "lvm" {
+		where = "lvm-" + c.lvmType
 	}
-	return fmt.Sprintf("%s-pool/mount-%s", c.pool, c.fsType)
+	if c.access == "block" {
+		return where + "/block"
+	}
+	return where + "/mount-" + c.fsType
 }
 
-var matrix = []configuration{
-	{pool: testpool.XFSReflink, access: "mount", fsType: "ext4"},
-	{pool: testpool.XFSReflink, access: "mount", fsType: "xfs"},
-	{pool: testpool.XFSReflink, access: "block"},
-	{pool: testpool.Ext4, access: "mount", fsType: "ext4"},
-	{pool: testpool.Ext4, access: "block"},
+// loopMatrix runs on the host; lvmMatrix inside the project's VM, where
+// TARN_TEST_VG names a fresh volume group (make test-vm).
+var (
+	loopMatrix = []configuration{
+		{backend: "loop", pool: testpool.XFSReflink, access: "mount", fsType: "ext4"},
+		{backend: "loop", pool: testpool.XFSReflink, access: "mount", fsType: "xfs"},
+		{backend: "loop", pool: testpool.XFSReflink, access: "block"},
+		{backend: "loop", pool: testpool.Ext4, access: "mount", fsType: "ext4"},
+		{backend: "loop", pool: testpool.Ext4, access: "block"},
+	}
+	lvmMatrix = []configuration{
+		{backend: "lvm", lvmType: "thin", access: "mount", fsType: "ext4"},
+		{backend: "lvm", lvmType: "thin", access: "mount", fsType: "xfs"},
+		{backend: "lvm", lvmType: "thin", access: "block"},
+		{backend: "lvm", lvmType: "thick", access: "mount", fsType: "ext4"},
+		{backend: "lvm", lvmType: "thick", access: "block"},
+	}
+)
+
+func matrix() []configuration {
+	if os.Getenv(vgEnv) != "" {
+		return lvmMatrix
+	}
+	return loopMatrix
 }
+
+const vgEnv = "TARN_TEST_VG"
 
 const childEnv = "TARN_SANITY_CONFIG"
 
@@ -53,9 +81,9 @@ func TestSanity(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("sanity needs root: it attaches loop devices and mounts filesystems")
 	}
-	for i, c := range matrix {
+	for i, c := range matrix() {
 		t.Run(c.name(), func(t *testing.T) {
-			args := []string{"-test.run=^TestSanityConfiguration$", "-test.v"}
+			args := []string{"-test.run=^TestSanityConfiguration$", "-test.v", "-ginkgo.no-color"}
 			if testing.Verbose() {
 				args = append(args, "-ginkgo.v")
 			}
@@ -66,6 +94,10 @@ func TestSanity(t *testing.T) {
 			t.Logf("%s: %s", c.name(), summary)
 			if err != nil {
 				t.Fatalf("sanity failed for %s: %v\n%s", c.name(), err, out)
+			}
+			// A child that ran no spec would also exit 0.
+			if !strings.Contains(summary, " Passed | 0 Failed") {
+				t.Fatalf("sanity for %s did not report a clean run: %s\n%s", c.name(), summary, out)
 			}
 		})
 	}
@@ -88,27 +120,18 @@ func TestSanityConfiguration(t *testing.T) {
 		t.Skip("run by TestSanity")
 	}
 	var i int
-	if _, err := fmt.Sscan(v, &i); err != nil || i < 0 || i >= len(matrix) {
+	if _, err := fmt.Sscan(v, &i); err != nil || i < 0 || i >= len(matrix()) {
 		t.Fatalf("bad %s=%q", childEnv, v)
 	}
-	c := matrix[i]
-
-	poolMount := testpool.New(t, c.pool, 16<<30)
-	before := testpool.Snapshot(t)
+	c := matrix()[i]
 	work := t.TempDir()
 	endpoint := "unix://" + filepath.Join(work, "csi.sock")
-
 	ctx, cancel := context.WithCancel(context.Background())
-	poolDir := filepath.Join(poolMount, "pool")
-	if err := os.MkdirAll(poolDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	b, err := loop.New(ctx, loop.Config{PoolDir: poolDir, DirectIO: true})
-	if err != nil {
-		t.Fatalf("open pool: %v", err)
-	}
-	if want := c.pool != testpool.Ext4; b.Reflink() != want {
-		t.Fatalf("reflink on %s pool = %v, want %v", c.pool, b.Reflink(), want)
+	var b backend.Backend
+	if c.backend == "lvm" {
+		b = openLVM(t, ctx, c)
+	} else {
+		b = openLoop(t, ctx, c)
 	}
 	d, err := driver.New(driver.Config{Endpoint: endpoint, NodeID: "sanity-node", Version: "sanity", Backend: b})
 	if err != nil {
@@ -126,7 +149,6 @@ func TestSanityConfiguration(t *testing.T) {
 		case <-time.After(30 * time.Second):
 			t.Error("driver did not stop")
 		}
-		testpool.AssertNoLeaks(t, before)
 	})
 	waitForSocket(t, filepath.Join(work, "csi.sock"))
 
@@ -142,6 +164,59 @@ func TestSanityConfiguration(t *testing.T) {
 		cfg.TestVolumeParameters = map[string]string{driver.ParamFsType: c.fsType}
 	}
 	sanity.Test(t, cfg)
+}
+
+// openLoop makes a real pool on a loop device; after the suite (cleanups
+// run last-in first-out, so after the driver stopped) nothing it attached
+// or mounted may be left.
+func openLoop(t *testing.T, ctx context.Context, c configuration) backend.Backend {
+	poolMount := testpool.New(t, c.pool, 16<<30)
+	before := testpool.Snapshot(t)
+	t.Cleanup(func() { testpool.AssertNoLeaks(t, before) })
+	poolDir := filepath.Join(poolMount, "pool")
+	if err := os.MkdirAll(poolDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	b, err := loop.New(ctx, loop.Config{PoolDir: poolDir, DirectIO: true})
+	if err != nil {
+		t.Fatalf("open pool: %v", err)
+	}
+	if want := c.pool != testpool.Ext4; b.Reflink() != want {
+		t.Fatalf("reflink on %s pool = %v, want %v", c.pool, b.Reflink(), want)
+	}
+	return b
+}
+
+// openLVM serves the VM's volume group, with a thin pool made for the run;
+// afterwards no LV of Tarn's may be left.
+func openLVM(t *testing.T, ctx context.Context, c configuration) backend.Backend {
+	vg := os.Getenv(vgEnv)
+	cfg := lvm.Config{VolumeGroup: vg, DefaultType: c.lvmType}
+	if c.lvmType == "thin" {
+		cfg.ThinPool = "sanitypool"
+		lvmCommand(t, "lvcreate", "--type", "thin-pool", "-L", "6g", "-n", cfg.ThinPool, vg)
+		t.Cleanup(func() { lvmCommand(t, "lvremove", "-y", vg+"/"+cfg.ThinPool) })
+	}
+	b, err := lvm.New(ctx, cfg)
+	if err != nil {
+		t.Fatalf("open volume group: %v", err)
+	}
+	t.Cleanup(func() {
+		out := lvmCommand(t, "lvs", "--noheadings", "-o", "lv_name,lv_tags", vg)
+		if strings.Contains(out, "tarn.owner") {
+			t.Errorf("Tarn LVs left after the suite:\n%s", out)
+		}
+	})
+	return b
+}
+
+func lvmCommand(t *testing.T, argv ...string) string {
+	t.Helper()
+	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %v\n%s", argv, err, out)
+	}
+	return string(out)
 }
 
 func waitForSocket(t *testing.T, path string) {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/tarn-csi/tarn/pkg/backend/loop"
 	"github.com/tarn-csi/tarn/pkg/backend/lvm"
 	"github.com/tarn-csi/tarn/pkg/driver"
+	"github.com/tarn-csi/tarn/pkg/registration"
 )
 
 // version is stamped at build time with -ldflags "-X main.version=...".
@@ -69,6 +71,11 @@ type serveConfig struct {
 	maxVolumes     int64
 	volumeGroup    string
 	thinPool       string
+	// registrationDir, kubeletEndpoint and healthAddress make tarn its own
+	// node-driver-registrar and liveness probe in Kubernetes.
+	registrationDir string
+	kubeletEndpoint string
+	healthAddress   string
 }
 
 func parseServeFlags(args []string) (serveConfig, error) {
@@ -85,6 +92,9 @@ func parseServeFlags(args []string) (serveConfig, error) {
 	fs.StringVar(&c.thinPool, "thin-pool", "", "lvm backend: thin pool in the volume group; volumes are thin by default when set, thick otherwise")
 	fs.DurationVar(&c.freezeTimeout, "freeze-timeout", 10*time.Second, "longest a filesystem stays frozen for a snapshot")
 	fs.Int64Var(&c.maxVolumes, "max-volumes-per-node", 0, "volumes this node may hold, reported to the scheduler; 0 is no limit")
+	fs.StringVar(&c.registrationDir, "registration-dir", "", "kubelet plugin registration directory (e.g. /var/lib/kubelet/plugins_registry); empty: do not register")
+	fs.StringVar(&c.kubeletEndpoint, "kubelet-endpoint", "", "path of the CSI socket as the kubelet sees it; default: the --endpoint path")
+	fs.StringVar(&c.healthAddress, "health-address", "", "address for GET /healthz (e.g. :9808); empty: off")
 	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(klogFlags)
 	klogFlags.VisitAll(func(f *flag.Flag) { fs.Var(f.Value, f.Name, f.Usage) })
@@ -125,7 +135,41 @@ func serve(args []string) error {
 	if err != nil {
 		return err
 	}
-	return d.Run(ctx)
+	return runAll(ctx, d, c)
+}
+
+// runAll runs the CSI server and, when configured, the kubelet registration
+// and the health endpoint; the first to fail stops the others.
+func runAll(ctx context.Context, d *driver.Driver, c serveConfig) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	tasks := []func(context.Context) error{d.Run}
+	if c.registrationDir != "" {
+		endpoint := c.kubeletEndpoint
+		if endpoint == "" {
+			endpoint = strings.TrimPrefix(strings.TrimPrefix(c.endpoint, "unix://"), "unix:")
+		}
+		cfg := registration.Config{Dir: c.registrationDir, DriverName: driver.DriverName, CSIEndpoint: endpoint}
+		tasks = append(tasks, func(ctx context.Context) error { return registration.Serve(ctx, cfg, nil) })
+	}
+	if c.healthAddress != "" {
+		tasks = append(tasks, func(ctx context.Context) error { return d.ServeHealth(ctx, c.healthAddress) })
+	}
+	errc := make(chan error, len(tasks))
+	for _, task := range tasks {
+		go func() {
+			err := task(ctx)
+			cancel()
+			errc <- err
+		}()
+	}
+	var first error
+	for range tasks {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }
 
 func openBackend(ctx context.Context, c serveConfig) (backend.Backend, error) {
