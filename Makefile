@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 IMAGE ?= tarn:$(VERSION)
 GOTEST_FLAGS ?= -count=1 -timeout 40m
 
-.PHONY: all build vet deps test fuzz unit integration sanity demo image clean
+.PHONY: all build vet deps test test-vm fuzz unit integration sanity demo image clean
 
 all: build
 
@@ -29,6 +29,13 @@ test: deps vet
 	$(GO) test $(GOTEST_FLAGS) ./...
 	$(MAKE) fuzz
 	$(MAKE) bench-smoke
+	$(MAKE) test-vm
+
+# The LVM backend's tests and csi-sanity against it (thin and thick), in the
+# QEMU guest of test/vm: the host kernel has no device-mapper.
+test-vm: vm-image
+	CGO_ENABLED=0 $(GO) test $(GOTEST_FLAGS) -exec "$(CURDIR)/test/vm/run.sh --" \
+		./pkg/backend/lvm/ ./sanity/
 
 # Each fuzz target for FUZZTIME (longer budgets: make fuzz FUZZTIME=10m).
 FUZZTIME ?= 3s

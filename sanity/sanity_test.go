@@ -45,7 +45,9 @@ func (c configuration) name() string {
 }
 
 // loopMatrix runs on the host; lvmMatrix inside the project's VM, where
-// TARN_TEST_VG names a fresh volume group (make test-vm).
+// TARN_TEST_VG names a fresh volume group (make test-vm). The VM emulates
+// its CPU, so its matrix covers each LV type once per access type and
+// leaves the xfs variant to the loop runs (the node code is shared).
 var (
 	loopMatrix = []configuration{
 		{backend: "loop", pool: testpool.XFSReflink, access: "mount", fsType: "ext4"},
@@ -56,7 +58,6 @@ var (
 	}
 	lvmMatrix = []configuration{
 		{backend: "lvm", lvmType: "thin", access: "mount", fsType: "ext4"},
-		{backend: "lvm", lvmType: "thin", access: "mount", fsType: "xfs"},
 		{backend: "lvm", lvmType: "thin", access: "block"},
 		{backend: "lvm", lvmType: "thick", access: "mount", fsType: "ext4"},
 		{backend: "lvm", lvmType: "thick", access: "block"},
