@@ -19,6 +19,7 @@ import (
 	"github.com/tarn-csi/tarn/pkg/backend/loop"
 	"github.com/tarn-csi/tarn/pkg/backend/lvm"
 	"github.com/tarn-csi/tarn/pkg/driver"
+	"github.com/tarn-csi/tarn/pkg/metrics"
 	"github.com/tarn-csi/tarn/pkg/registration"
 )
 
@@ -76,6 +77,7 @@ type serveConfig struct {
 	registrationDir string
 	kubeletEndpoint string
 	healthAddress   string
+	metricsAddress  string
 }
 
 func parseServeFlags(args []string) (serveConfig, error) {
@@ -95,6 +97,7 @@ func parseServeFlags(args []string) (serveConfig, error) {
 	fs.StringVar(&c.registrationDir, "registration-dir", "", "kubelet plugin registration directory (e.g. /var/lib/kubelet/plugins_registry); empty: do not register")
 	fs.StringVar(&c.kubeletEndpoint, "kubelet-endpoint", "", "path of the CSI socket as the kubelet sees it; default: the --endpoint path")
 	fs.StringVar(&c.healthAddress, "health-address", "", "address for GET /healthz (e.g. :9808); empty: off")
+	fs.StringVar(&c.metricsAddress, "metrics-address", "", "serve Prometheus metrics at http://ADDRESS/metrics (e.g. :9809); empty: off")
 	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(klogFlags)
 	klogFlags.VisitAll(func(f *flag.Flag) { fs.Var(f.Value, f.Name, f.Usage) })
@@ -121,11 +124,24 @@ func serve(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
+	var m *metrics.Metrics
+	if c.metricsAddress != "" {
+		m = metrics.New(metrics.Options{})
+		if _, err := m.Start(ctx, c.metricsAddress); err != nil {
+			return err
+		}
+	}
 	b, err := openBackend(ctx, c)
 	if err != nil {
 		return err
 	}
+	if m != nil {
+		if err := m.RegisterPool(b); err != nil {
+			return err
+		}
+	}
 	d, err := driver.New(driver.Config{
+		Metrics:           m,
 		Endpoint:          c.endpoint,
 		NodeID:            c.nodeID,
 		Version:           version,

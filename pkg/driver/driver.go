@@ -19,6 +19,7 @@ import (
 
 	"github.com/tarn-csi/tarn/pkg/backend"
 	"github.com/tarn-csi/tarn/pkg/inflight"
+	"github.com/tarn-csi/tarn/pkg/metrics"
 )
 
 const (
@@ -39,6 +40,8 @@ type Config struct {
 	Mounter Mounter
 	// MaxVolumesPerNode is reported by NodeGetInfo; 0 means no limit.
 	MaxVolumesPerNode int64
+	// Metrics records every CSI call; nil records nothing.
+	Metrics *metrics.Metrics
 }
 
 // Driver implements the three CSI services.
@@ -80,7 +83,7 @@ func (d *Driver) Run(ctx context.Context) error {
 		return err
 	}
 	defer cleanup()
-	d.server = grpc.NewServer(grpc.UnaryInterceptor(logCalls))
+	d.server = grpc.NewServer(grpc.ChainUnaryInterceptor(d.interceptors()...))
 	csi.RegisterIdentityServer(d.server, d)
 	csi.RegisterControllerServer(d.server, d)
 	csi.RegisterNodeServer(d.server, d)

@@ -17,6 +17,8 @@ type Mounter interface {
 	// FormatAndMountWith formats source with fsType and formatOptions if
 	// it holds no filesystem, then mounts it.
 	FormatAndMountWith(source, target, fsType string, options, formatOptions []string) error
+	// GetDiskFormat returns the filesystem on disk, "" when none.
+	GetDiskFormat(disk string) (string, error)
 	// ResizeFS grows the filesystem of device mounted at path to fill the
 	// device, when it is smaller.
 	ResizeFS(device, path string) error
@@ -28,7 +30,10 @@ type realMounter struct {
 
 // NewMounter returns the Mounter backed by mount-utils.
 func NewMounter() Mounter {
-	return realMounter{&mount.SafeFormatAndMount{Interface: mount.New(""), Exec: utilexec.New()}}
+	// Without systemd: mount-utils detects it lazily and unguarded, which
+	// races between concurrent calls, and Tarn's ext4/xfs mounts need no
+	// systemd scope (that is for FUSE mounts outliving a restart).
+	return realMounter{&mount.SafeFormatAndMount{Interface: mount.NewWithoutSystemd(""), Exec: utilexec.New()}}
 }
 
 // isMountPoint reads the mount table, so bind mounts of files count; a

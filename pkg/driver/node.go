@@ -7,11 +7,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
+
+	"github.com/tarn-csi/tarn/pkg/backend"
 )
 
 // NodeGetCapabilities implements csi.NodeServer.
@@ -64,27 +67,58 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	previous, err := d.backend.DevicePath(ctx, id)
+	if err != nil {
+		return nil, toStatus(err)
+	}
 	device, err := d.backend.AttachVolume(ctx, id)
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	// A failed stage undoes what this call did, and only that: a device
+	// attached before (staged elsewhere, or a retry) is left alone.
+	staged, mountedHere := false, false
+	defer func() {
+		if staged || previous != "" {
+			return
+		}
+		if mountedHere {
+			if err := d.mounter.Unmount(staging); err != nil {
+				klog.ErrorS(err, "Cannot unmount after failed stage", "volumeID", id, "stagingPath", staging)
+				return
+			}
+		}
+		if err := d.backend.DetachVolume(ctx, id); err != nil {
+			klog.ErrorS(err, "Cannot detach after failed stage", "volumeID", id)
+		}
+	}()
 	if req.GetVolumeCapability().GetBlock() != nil {
 		// A block volume is published straight from its device.
+		staged = true
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
 
 	if done, err := d.alreadyMounted(staging, device, false, id); err != nil {
 		return nil, err
 	} else if done {
+		staged = true
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
+	if others, err := publications(device); err != nil {
+		return nil, status.Errorf(codes.Internal, "%v", err)
+	} else if len(others) > 0 {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is already staged at %s", id, others[0])
+	}
 
-	fsType := req.GetVolumeCapability().GetMount().GetFsType()
+	fsType := strings.ToLower(req.GetVolumeCapability().GetMount().GetFsType())
 	if fsType == "" {
 		fsType = vol.FsType
 	}
 	if fsType == "" {
 		fsType = defaultFsType
+	}
+	if err := d.checkFormat(device, fsType, id); err != nil {
+		return nil, err
 	}
 	options := slices.Clone(req.GetVolumeCapability().GetMount().GetMountFlags())
 	if fsType == "xfs" && !slices.Contains(options, "nouuid") {
@@ -96,19 +130,40 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return nil, status.Errorf(codes.Internal, "create staging path: %v", err)
 	}
 	if err := d.mounter.FormatAndMountWith(device, staging, fsType, options, formatOptions(fsType)); err != nil {
-		// Leave nothing attached behind a failed stage.
-		if derr := d.backend.DetachVolume(ctx, id); derr != nil {
-			klog.ErrorS(derr, "Cannot detach after failed stage", "volumeID", id)
-		}
 		return nil, status.Errorf(codes.Internal, "format and mount %s (%s) at %s: %v", device, fsType, staging, err)
 	}
+	mountedHere = true
 	// A volume restored or cloned into a larger size, or expanded while
 	// unstaged, has a filesystem smaller than its device.
 	if err := d.mounter.ResizeFS(device, staging); err != nil {
 		return nil, status.Errorf(codes.Internal, "%v", err)
 	}
+	staged = true
 	klog.InfoS("Staged volume", "volumeID", id, "device", device, "stagingPath", staging, "fsType", fsType)
 	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// checkFormat refuses, before anything is written, a filesystem the
+// volume cannot take: another one is already on it, or it is too small.
+func (d *Driver) checkFormat(device, fsType, id string) error {
+	existing, err := d.mounter.GetDiskFormat(device)
+	if err != nil {
+		return status.Errorf(codes.Internal, "inspect %s: %v", device, err)
+	}
+	if existing != "" {
+		if existing != fsType {
+			return status.Errorf(codes.FailedPrecondition, "volume %s holds %s, not %s", id, existing, fsType)
+		}
+		return nil
+	}
+	size, err := blockDeviceSize(device)
+	if err != nil {
+		return status.Errorf(codes.Internal, "%v", err)
+	}
+	if min := backend.MinSize(fsType); size < min {
+		return status.Errorf(codes.FailedPrecondition, "volume %s is %d bytes, too small for %s (at least %d)", id, size, fsType, min)
+	}
+	return nil
 }
 
 // NodeUnstageVolume implements csi.NodeServer.

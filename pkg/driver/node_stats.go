@@ -109,7 +109,15 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	if device == "" {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged on this node", id)
 	}
-	if err := d.mounter.ResizeFS(device, path); err != nil {
+	// Grow through the staging mount when there is one: the publication
+	// may be read-only, and xfs_growfs needs a writable mount.
+	growAt := path
+	if st := req.GetStagingTargetPath(); st != "" && validatePath("staging target path", st) == nil {
+		if mounted, err := isMountPoint(d.mounter, st); err == nil && mounted {
+			growAt = st
+		}
+	}
+	if err := d.mounter.ResizeFS(device, growAt); err != nil {
 		return nil, status.Errorf(codes.Internal, "%v", err)
 	}
 	klog.InfoS("Expanded volume on node", "volumeID", id, "size", size, "path", path)

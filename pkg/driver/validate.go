@@ -119,21 +119,32 @@ func fsTypeFor(caps []*csi.VolumeCapability, params map[string]string) string {
 	return defaultFsType
 }
 
-// validatePath checks a path given by the CO: absolute, clean, no NUL.
+// validatePath checks a path given by the CO: absolute, clean, no NUL, and
+// within the kernel's limits, so that a call cannot succeed with a path
+// its undoing call will then fail on.
 func validatePath(what, p string) error {
 	if p == "" {
 		return errInvalid("%s is missing", what)
 	}
-	if !filepath.IsAbs(p) || strings.ContainsRune(p, 0) {
-		return errInvalid("%s %q must be an absolute path", what, p)
+	if !filepath.IsAbs(p) || strings.ContainsRune(p, 0) || filepath.Clean(p) != p {
+		return errInvalid("%s %q must be a clean absolute path", what, p)
+	}
+	if len(p) >= maxPathLength {
+		return errInvalid("%s is %d bytes long, more than %d", what, len(p), maxPathLength-1)
 	}
 	for _, part := range strings.Split(p, "/") {
-		if part == ".." {
-			return errInvalid("%s %q must not contain '..'", what, p)
+		if len(part) > maxNameLength {
+			return errInvalid("%s has a component of %d bytes, more than %d", what, len(part), maxNameLength)
 		}
 	}
 	return nil
 }
+
+// Linux's PATH_MAX (with its NUL) and NAME_MAX.
+const (
+	maxPathLength = 4096
+	maxNameLength = 255
+)
 
 // topologyAllows says whether this node satisfies the accessibility
 // requirements of a CreateVolume. Only requisite is binding; preferred only

@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -106,11 +107,15 @@ func TestFsTypeFor(t *testing.T) {
 
 func TestValidatePath(t *testing.T) {
 	for p, ok := range map[string]bool{
-		"/var/lib/kubelet/x": true,
-		"":                   false,
-		"relative/path":      false,
-		"/a/../etc":          false,
-		"/a/b\x00c":          false,
+		"/var/lib/kubelet/x":             true,
+		"":                               false,
+		"relative/path":                  false,
+		"/a/../etc":                      false,
+		"/a/b\x00c":                      false,
+		"/a/b/":                          false,
+		"/a//b":                          false,
+		"/" + strings.Repeat("x", 256):   false,
+		"/" + strings.Repeat("x/", 2048): false,
 	} {
 		if err := validatePath("path", p); (err == nil) != ok {
 			t.Errorf("validatePath(%q) = %v, want ok=%v", p, err, ok)

@@ -132,7 +132,7 @@ func (m Manager) List() ([]Device, error) {
 			continue
 		}
 		backing, err := readBackingFile(dir)
-		if errors.Is(err, os.ErrNotExist) {
+		if detachedMeanwhile(err) {
 			continue // unbound, or unbound since the glob
 		}
 		if err != nil {
@@ -232,4 +232,11 @@ func (m Manager) RefreshSize(devicePath string) error {
 		return fmt.Errorf("refresh size of %s: LOOP_SET_CAPACITY: %w", devicePath, err)
 	}
 	return nil
+}
+
+// detachedMeanwhile recognises a device that is unbound or being unbound:
+// sysfs answers ENOENT for one and ENODEV or ENXIO for the other, and
+// neither may fail a listing that other calls depend on.
+func detachedMeanwhile(err error) bool {
+	return errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENXIO)
 }

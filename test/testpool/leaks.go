@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/moby/sys/mountinfo"
@@ -172,7 +173,7 @@ func loopBackingFiles() (map[string]string, error) {
 	loops := make(map[string]string, len(paths))
 	for _, p := range paths {
 		b, err := os.ReadFile(p)
-		if errors.Is(err, fs.ErrNotExist) {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENODEV) || errors.Is(err, syscall.ENXIO) {
 			// Detached between the glob and the read.
 			continue
 		}

@@ -1,0 +1,212 @@
+package reliability
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/tarn-csi/tarn/test/testpool"
+)
+
+// Knobs. Flags win over the environment, which suits CI jobs that only
+// set variables.
+var (
+	stressDurationFlag  = flag.Duration("stress.duration", 0, "how long TestStress runs its clients (default $TARN_STRESS_DURATION or 20s)")
+	crashIterationsFlag = flag.Int("crash.iterations", 0, "kills per operation in TestCrashSafety (default $TARN_CRASH_ITERATIONS or 10)")
+	fuzzRequestsFlag    = flag.Int("fuzz.requests", 0, "requests sent by TestMalformedRequests (default $TARN_FUZZ_REQUESTS or 5000)")
+	fuzzSeedFlag        = flag.Int64("fuzz.seed", 0, "seed of TestMalformedRequests (default $TARN_FUZZ_SEED or the clock)")
+)
+
+func stressDuration(t *testing.T) time.Duration {
+	if *stressDurationFlag > 0 {
+		return *stressDurationFlag
+	}
+	if v := os.Getenv("TARN_STRESS_DURATION"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			t.Fatalf("TARN_STRESS_DURATION=%q: want a positive duration such as 5m", v)
+		}
+		return d
+	}
+	return 20 * time.Second
+}
+
+func intKnob(t *testing.T, flagValue int, env string, def int) int {
+	if flagValue > 0 {
+		return flagValue
+	}
+	if v := os.Getenv(env); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			t.Fatalf("%s=%q: want a positive integer", env, v)
+		}
+		return n
+	}
+	return def
+}
+
+func fuzzSeed(t *testing.T) int64 {
+	if *fuzzSeedFlag != 0 {
+		return *fuzzSeedFlag
+	}
+	if v := os.Getenv("TARN_FUZZ_SEED"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			t.Fatalf("TARN_FUZZ_SEED=%q: want an integer", v)
+		}
+		return n
+	}
+	return time.Now().UnixNano()
+}
+
+// tarnBinary is `tarn`, built once for the tests that run the driver as a
+// process of its own (so that it can be SIGKILLed, or can crash without
+// taking the test binary with it).
+var tarnBinary string
+
+// driverLog collects what the in-process driver logs, printed only for a
+// failing test.
+var driverLog syncBuffer
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+// run is TestMain's body, so that its deferred removals happen before
+// os.Exit.
+func run(m *testing.M) int {
+	flag.Parse()
+	if err := routeKlog(&driverLog); err != nil {
+		fmt.Fprintf(os.Stderr, "reliability: %v\n", err)
+		return 1
+	}
+	if os.Geteuid() != 0 {
+		// Every test here needs loop devices and mounts; they skip, and
+		// building tarn would be wasted.
+		return m.Run()
+	}
+	dir, err := os.MkdirTemp("", "tarn-reliability-bin-")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "reliability: %v\n", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	tarnBinary = filepath.Join(dir, "tarn")
+	if err := buildTarn(tarnBinary); err != nil {
+		fmt.Fprintf(os.Stderr, "reliability: %v\n", err)
+		return 1
+	}
+	return testpool.RunWithLeakCheck(m)
+}
+
+// routeKlog sends klog to w only, once per line, and never to files.
+func routeKlog(w *syncBuffer) error {
+	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(fs)
+	for name, value := range map[string]string{
+		"logtostderr": "false", "alsologtostderr": "false", "one_output": "true",
+		"stderrthreshold": "FATAL", "v": "2",
+	} {
+		if err := fs.Set(name, value); err != nil {
+			return fmt.Errorf("klog flag %s: %w", name, err)
+		}
+	}
+	klog.SetOutput(w)
+	return nil
+}
+
+// buildTarn builds ./cmd/tarn of the module under test, located through go
+// env GOMOD so that the tests run from any directory.
+func buildTarn(out string) error {
+	gomod, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return fmt.Errorf("go env GOMOD: %w", err)
+	}
+	mod := strings.TrimSpace(string(gomod))
+	if mod == "" || mod == os.DevNull {
+		return errors.New("go env GOMOD: not inside a module")
+	}
+	cmd := exec.Command("go", "build", "-o", out, "./cmd/tarn")
+	cmd.Dir = filepath.Dir(mod)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build ./cmd/tarn: %w\n%s", err, b)
+	}
+	return nil
+}
+
+// syncBuffer is a buffer that goroutines of the driver, or the copier of a
+// child's output, write while a test reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// Len is an offset for a later Since.
+func (b *syncBuffer) Len() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Len()
+}
+
+// Since returns what was written after offset.
+func (b *syncBuffer) Since(offset int) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if offset > b.buf.Len() {
+		offset = 0
+	}
+	return string(b.buf.Bytes()[offset:])
+}
+
+// showDriverLogOnFailure prints the in-process driver's log lines of this
+// test if it fails; registered first, it runs after every other cleanup.
+func showDriverLogOnFailure(t *testing.T) {
+	start := driverLog.Len()
+	t.Cleanup(func() {
+		if log := driverLog.Since(start); t.Failed() && log != "" {
+			t.Logf("in-process driver log of %s (last 200 lines):\n%s", t.Name(), tail(log, 200))
+			keepLog(t, "driver.log", log)
+		}
+	})
+}
+
+// tail returns the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// keepLog writes a failing test's whole driver log to the directory named
+// by TARN_RELIABILITY_LOGS, when set: the test output only shows its end.
+func keepLog(t *testing.T, name, log string) {
+	dir := os.Getenv("TARN_RELIABILITY_LOGS")
+	if dir == "" {
+		return
+	}
+	path := filepath.Join(dir, strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())+"-"+name)
+	if err := os.WriteFile(path, []byte(log), 0o644); err != nil {
+		t.Logf("keep log: %v", err)
+		return
+	}
+	t.Logf("whole log in %s", path)
+}
