@@ -192,3 +192,38 @@ func TestThinSnapshotOfFrozenFilesystem(t *testing.T) {
 		t.Errorf("expected the 6.1 kernel to refuse a snapshot of a frozen filesystem")
 	}
 }
+
+// An XFS restore must mount beside its still-mounted origin: two XFS with
+// one UUID refuse to, so the restore needs its own UUID (and a snapshot of
+// a mounted XFS carries a log to replay before xfs_admin will change it).
+func TestXFSRestoreMountsBesideOrigin(t *testing.T) {
+	for _, typ := range []string{typeThick, typeThin} {
+		t.Run(typ, func(t *testing.T) {
+			// Thin snapshots count at full size: origin, snapshot, restore.
+			const xfsSize = 320 * mib
+			e := newEnv(t, 3*xfsSize+volSize)
+			v := e.createVolume("v", typ, xfsSize, backend.Source{})
+			dev := e.attach(v.ID)
+			run(t, "mkfs.xfs", "-q", dev)
+			mnt := mount(t, dev)
+			if err := os.WriteFile(filepath.Join(mnt, "data"), []byte("xfs payload"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			s, err := e.b.CreateSnapshot(e.ctx, backend.SnapshotRequest{Name: e.name("snap"), SourceVolumeID: v.ID})
+			if err != nil {
+				t.Fatalf("snapshot of a mounted xfs: %v", err)
+			}
+			r := e.createVolume("restored", typ, xfsSize, backend.Source{SnapshotID: s.ID})
+			rdev := e.attach(r.ID)
+			uuid := func(d string) string { return strings.TrimSpace(run(t, "blkid", "-s", "UUID", "-o", "value", d)) }
+			if uuid(rdev) == uuid(dev) {
+				t.Errorf("restored xfs kept its origin's UUID %s", uuid(dev))
+			}
+			// A plain mount (no nouuid) beside the mounted origin.
+			rmnt := mount(t, rdev)
+			if got, err := os.ReadFile(filepath.Join(rmnt, "data")); err != nil || string(got) != "xfs payload" {
+				t.Errorf("restored file = %q, %v", got, err)
+			}
+		})
+	}
+}
