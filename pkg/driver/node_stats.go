@@ -109,13 +109,20 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	if device == "" {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged on this node", id)
 	}
-	// Grow through the staging mount when there is one: the publication
-	// may be read-only, and xfs_growfs needs a writable mount.
-	growAt := path
+	// The publication the CO names may be a read-only bind, and
+	// xfs_growfs and resize2fs need a writable mount: grow through the
+	// staging mount, or any other writable mount of the device.
+	var candidates []string
 	if st := req.GetStagingTargetPath(); st != "" && validatePath("staging target path", st) == nil {
-		if mounted, err := isMountPoint(d.mounter, st); err == nil && mounted {
-			growAt = st
-		}
+		candidates = append(candidates, st)
+	}
+	growAt, err := writableMountOf(device, append(candidates, path)...)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "find a writable mount of %s: %v", device, err)
+	}
+	if growAt == "" {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"volume %s has no writable mount on this node to grow its filesystem through (%s is read-only)", id, path)
 	}
 	if err := d.mounter.ResizeFS(device, growAt); err != nil {
 		return nil, status.Errorf(codes.Internal, "%v", err)

@@ -3,6 +3,8 @@ package driver
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
@@ -83,4 +85,39 @@ func publications(device string, except ...string) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// writableMountOf returns a mount of device's filesystem that is writable
+// (neither the mount nor the superblock read-only): the first of preferred
+// that qualifies, else any; "" when there is none.
+func writableMountOf(device string, preferred ...string) (string, error) {
+	rdev, err := deviceNumber(device)
+	if err != nil {
+		return "", err
+	}
+	major, minor := int(unix.Major(rdev)), int(unix.Minor(rdev))
+	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
+		readOnly := slices.Contains(strings.Split(m.Options, ","), "ro") ||
+			slices.Contains(strings.Split(m.VFSOptions, ","), "ro")
+		return m.Major != major || m.Minor != minor || readOnly, false
+	})
+	if err != nil {
+		return "", fmt.Errorf("read mount table: %w", err)
+	}
+	var writable []string
+	for _, m := range mounts {
+		writable = append(writable, m.Mountpoint)
+	}
+	for _, p := range preferred {
+		if r, err := filepath.EvalSymlinks(p); err == nil {
+			p = r
+		}
+		if slices.Contains(writable, p) {
+			return p, nil
+		}
+	}
+	if len(writable) > 0 {
+		return writable[0], nil
+	}
+	return "", nil
 }

@@ -2,10 +2,13 @@ package integration
 
 import (
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/tarn-csi/tarn/test/testpool"
 )
@@ -138,4 +141,56 @@ func TestOnlineExpansion(t *testing.T) {
 		checkAt(t, file, from-MiB, tail)
 		checkAt(t, file, to-MiB, grown)
 	})
+}
+
+// TestExpandThroughReadOnlyPublication grows a volume whose only
+// publication is read-only, as kubelet does for a ReadOnlyMany claim: the
+// filesystem must grow through a writable mount of the same device, and
+// with none left the call must say so with a spec code.
+func TestExpandThroughReadOnlyPublication(t *testing.T) {
+	e := startInProcess(t, testpool.XFSReflink, 2*GiB)
+	const from, mid, to = 320 * MiB, 480 * MiB, 640 * MiB
+	id := e.createVolume(t, "grow-readonly", "xfs", from, nil).GetVolumeId()
+	a := e.stage(t, id, "xfs")
+	want := map[string]string{"data": writeRandomFile(t, filepath.Join(a.staging, "data"), 4*MiB)}
+
+	ctx, cancel := callCtx()
+	_, err := e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{
+		VolumeId: id, StagingTargetPath: a.staging, TargetPath: a.target,
+		VolumeCapability: capability("xfs"), Readonly: true})
+	cancel()
+	if err != nil {
+		t.Fatalf("NodePublishVolume read-only: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := e.tryUnpublish(a); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+
+	expand := func(size int64) error {
+		ctx, cancel := callCtx()
+		defer cancel()
+		_, err := e.node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{
+			VolumeId: id, VolumePath: a.target, CapacityRange: &csi.CapacityRange{RequiredBytes: size}})
+		return err
+	}
+	before := statfsTotal(t, a.target)
+	if err := expand(mid); err != nil {
+		t.Fatalf("NodeExpandVolume at the read-only publication, staging mount writable: %v", err)
+	}
+	if after := statfsTotal(t, a.target); after-before < (mid-from)*9/10 {
+		t.Errorf("statfs of %s: %d bytes, was %d; want about %d more", a.target, after, before, mid-from)
+	}
+	checkFiles(t, a.target, want)
+
+	// Only the read-only bind is left: the superblock is still writable,
+	// but no mount of it is, and the driver must not grow through one.
+	if err := unix.Unmount(a.staging, 0); err != nil {
+		t.Fatalf("unmount the staging mount behind the driver's back: %v", err)
+	}
+	if err := expand(to); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("NodeExpandVolume with only a read-only mount: %v, want FailedPrecondition", err)
+	}
+	checkFiles(t, a.target, want)
 }
