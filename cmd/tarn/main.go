@@ -38,6 +38,12 @@ func main() {
 			klog.Flush()
 			os.Exit(1)
 		}
+	case "expansion-front":
+		if err := expansionFront(os.Args[2:]); err != nil {
+			klog.ErrorS(err, "tarn expansion-front failed")
+			klog.Flush()
+			os.Exit(1)
+		}
 	case "version", "--version", "-version":
 		fmt.Println(version)
 	case "help", "-h", "--help":
@@ -53,8 +59,9 @@ func usage() {
 	fmt.Fprintf(os.Stderr, `Usage: tarn <command> [flags]
 
 Commands:
-  serve     serve the CSI Identity, Controller and Node services
-  version   print the version
+  serve            serve the CSI Identity, Controller and Node services
+  expansion-front  answer csi-resizer so that volumes grow on their nodes
+  version          print the version
 
 Run 'tarn serve -h' for the flags of serve.
 `)
@@ -78,6 +85,9 @@ type serveConfig struct {
 	kubeletEndpoint string
 	healthAddress   string
 	metricsAddress  string
+	// socketGroup, when >= 0, may reach the socket: sidecars then run as
+	// a non-root user in that group.
+	socketGroup int
 }
 
 func parseServeFlags(args []string) (serveConfig, error) {
@@ -98,6 +108,7 @@ func parseServeFlags(args []string) (serveConfig, error) {
 	fs.StringVar(&c.kubeletEndpoint, "kubelet-endpoint", "", "path of the CSI socket as the kubelet sees it; default: the --endpoint path")
 	fs.StringVar(&c.healthAddress, "health-address", "", "address for GET /healthz (e.g. :9808); empty: off")
 	fs.StringVar(&c.metricsAddress, "metrics-address", "", "serve Prometheus metrics at http://ADDRESS/metrics (e.g. :9809); empty: off")
+	fs.IntVar(&c.socketGroup, "socket-group-id", -1, "group that may also connect to the socket (mode 0660); -1: only the owner")
 	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(klogFlags)
 	klogFlags.VisitAll(func(f *flag.Flag) { fs.Var(f.Value, f.Name, f.Usage) })
@@ -147,11 +158,19 @@ func serve(args []string) error {
 		Version:           version,
 		Backend:           b,
 		MaxVolumesPerNode: c.maxVolumes,
+		SocketGroup:       socketGroup(c.socketGroup),
 	})
 	if err != nil {
 		return err
 	}
 	return runAll(ctx, d, c)
+}
+
+func socketGroup(gid int) *int {
+	if gid < 0 {
+		return nil
+	}
+	return &gid
 }
 
 // runAll runs the CSI server and, when configured, the kubelet registration

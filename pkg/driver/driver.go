@@ -42,6 +42,9 @@ type Config struct {
 	MaxVolumesPerNode int64
 	// Metrics records every CSI call; nil records nothing.
 	Metrics *metrics.Metrics
+	// SocketGroup, when not nil, may reach the socket too (mode 0660), so
+	// that sidecars can run as a non-root user of that group.
+	SocketGroup *int
 }
 
 // Driver implements the three CSI services.
@@ -78,7 +81,7 @@ func New(cfg Config) (*Driver, error) {
 // Run listens on the endpoint and serves until ctx is cancelled, then stops
 // gracefully: calls in progress finish, new ones are refused.
 func (d *Driver) Run(ctx context.Context) error {
-	lis, cleanup, err := listen(d.cfg.Endpoint)
+	lis, cleanup, err := listen(d.cfg.Endpoint, d.cfg.SocketGroup)
 	if err != nil {
 		return err
 	}
@@ -102,9 +105,9 @@ func (d *Driver) Run(ctx context.Context) error {
 	}
 }
 
-// listen opens a unix socket reachable only by root, replacing a stale
-// socket left by a previous run.
-func listen(endpoint string) (net.Listener, func(), error) {
+// listen opens a unix socket reachable only by its owner (and group, when
+// one is given), replacing a stale socket left by a previous run.
+func listen(endpoint string, group *int) (net.Listener, func(), error) {
 	path, err := socketPath(endpoint)
 	if err != nil {
 		return nil, nil, err
@@ -127,7 +130,15 @@ func listen(endpoint string) (net.Listener, func(), error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	mode := os.FileMode(0o600)
+	if group != nil {
+		if err := os.Chown(path, -1, *group); err != nil {
+			lis.Close()
+			return nil, nil, fmt.Errorf("chown socket to group %d: %w", *group, err)
+		}
+		mode = 0o660
+	}
+	if err := os.Chmod(path, mode); err != nil {
 		lis.Close()
 		return nil, nil, fmt.Errorf("chmod socket: %w", err)
 	}

@@ -101,7 +101,7 @@ func TestServeRefusesNonSocketPath(t *testing.T) {
 	if err := os.WriteFile(path, []byte("precious"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := listen("unix://" + path); err == nil {
+	if _, _, err := listen("unix://"+path, nil); err == nil {
 		t.Fatal("listen replaced a regular file")
 	}
 	if data, _ := os.ReadFile(path); string(data) != "precious" {
