@@ -136,13 +136,17 @@ func serve(args []string) error {
 	defer stop()
 
 	var m *metrics.Metrics
+	// The backend reports its start-up sweep, so it gets the metrics
+	// before it opens the pool.
+	var rec metrics.Recorder = metrics.Nop{}
 	if c.metricsAddress != "" {
 		m = metrics.New(metrics.Options{})
 		if _, err := m.Start(ctx, c.metricsAddress); err != nil {
 			return err
 		}
+		rec = m
 	}
-	b, err := openBackend(ctx, c)
+	b, err := openBackend(ctx, c, rec)
 	if err != nil {
 		return err
 	}
@@ -207,7 +211,7 @@ func runAll(ctx context.Context, d *driver.Driver, c serveConfig) error {
 	return first
 }
 
-func openBackend(ctx context.Context, c serveConfig) (backend.Backend, error) {
+func openBackend(ctx context.Context, c serveConfig, rec metrics.Recorder) (backend.Backend, error) {
 	switch c.backendKind {
 	case "loop":
 		if err := os.MkdirAll(c.poolDir, 0o700); err != nil {
@@ -218,6 +222,7 @@ func openBackend(ctx context.Context, c serveConfig) (backend.Backend, error) {
 			DirectIO:       c.directIO,
 			DisableReflink: c.disableReflink,
 			FreezeTimeout:  c.freezeTimeout,
+			Metrics:        rec,
 		})
 	case "lvm":
 		if c.volumeGroup == "" {
@@ -227,6 +232,7 @@ func openBackend(ctx context.Context, c serveConfig) (backend.Backend, error) {
 			VolumeGroup:   c.volumeGroup,
 			ThinPool:      c.thinPool,
 			FreezeTimeout: c.freezeTimeout,
+			Metrics:       rec,
 		})
 	default:
 		return nil, fmt.Errorf("unknown backend %q (supported: loop, lvm)", c.backendKind)

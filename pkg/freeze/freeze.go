@@ -46,19 +46,26 @@ func Freeze(mountpoint string) error {
 // Thaw thaws the filesystem mounted at mountpoint. Thawing a filesystem that
 // is not frozen succeeds, so that cleanup paths can call it unconditionally.
 func Thaw(mountpoint string) error {
+	_, err := ThawFrozen(mountpoint)
+	return err
+}
+
+// ThawFrozen is Thaw that also reports whether the filesystem was frozen,
+// so that a repair of a forgotten freeze can be told from a no-op.
+func ThawFrozen(mountpoint string) (thawed bool, err error) {
 	fd, err := openMountpoint(mountpoint)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer unix.Close(fd)
 	if err := unix.IoctlSetInt(fd, fiThaw, 0); err != nil {
 		// The kernel's way of saying "not frozen".
 		if errors.Is(err, unix.EINVAL) {
-			return nil
+			return false, nil
 		}
-		return fmt.Errorf("thawing %s: %w", mountpoint, err)
+		return false, fmt.Errorf("thawing %s: %w", mountpoint, err)
 	}
-	return nil
+	return true, nil
 }
 
 func openMountpoint(mountpoint string) (int, error) {

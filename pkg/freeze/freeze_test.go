@@ -91,10 +91,13 @@ func TestFreezeBlocksWritesUntilThaw(t *testing.T) {
 			if err := Freeze(mnt); !errors.Is(err, unix.EBUSY) {
 				t.Errorf("second Freeze = %v, want EBUSY", err)
 			}
-			if err := Thaw(mnt); err != nil {
-				t.Fatal(err)
+			if thawed, err := ThawFrozen(mnt); err != nil || !thawed {
+				t.Fatalf("ThawFrozen of a frozen filesystem = %v, %v; want true, nil", thawed, err)
 			}
 			awaitWrite(t, write)
+			if thawed, err := ThawFrozen(mnt); err != nil || thawed {
+				t.Errorf("ThawFrozen of a thawed filesystem = %v, %v; want false, nil", thawed, err)
+			}
 			if err := Thaw(mnt); err != nil {
 				t.Errorf("Thaw of a thawed filesystem = %v, want nil", err)
 			}

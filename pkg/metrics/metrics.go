@@ -32,7 +32,8 @@ const namespace = "tarn"
 const (
 	// ActionIncompleteRemoved: a half-built volume or snapshot left by an
 	// interrupted create was removed (loop: an entry of .staging; lvm: an
-	// LV without its completion tag).
+	// LV without its completion tag, at start or when a retried create
+	// meets it).
 	ActionIncompleteRemoved = "incomplete_object_removed"
 	// ActionDeletedRemoved: an object whose deletion was interrupted was
 	// removed (loop: an entry of .trash).

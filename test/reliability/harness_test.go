@@ -101,13 +101,18 @@ func newEnv(t *testing.T, size int64) *env {
 func (e *env) startInProcess(t *testing.T, withMetrics bool) (m *metrics.Metrics, stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	b, err := loop.New(ctx, loop.Config{PoolDir: e.pool, DirectIO: true})
+	cfg := loop.Config{PoolDir: e.pool, DirectIO: true}
+	if withMetrics {
+		// Before the pool opens, so that its start-up sweep is counted.
+		m = metrics.New(metrics.Options{})
+		cfg.Metrics = m
+	}
+	b, err := loop.New(ctx, cfg)
 	if err != nil {
 		cancel()
 		t.Fatalf("open pool: %v", err)
 	}
 	if withMetrics {
-		m = metrics.New(metrics.Options{})
 		if err := m.RegisterPool(b); err != nil {
 			cancel()
 			t.Fatal(err)

@@ -35,6 +35,7 @@ import (
 	"github.com/tarn-csi/tarn/pkg/freeze"
 	"github.com/tarn-csi/tarn/pkg/fsuuid"
 	"github.com/tarn-csi/tarn/pkg/loopdev"
+	"github.com/tarn-csi/tarn/pkg/metrics"
 )
 
 const (
@@ -63,6 +64,9 @@ type Config struct {
 	// UUIDs regenerates filesystem UUIDs of clones; nil means the real
 	// tools.
 	UUIDs UUIDRegenerator
+	// Metrics receives the start-up sweep's repairs and the freeze times
+	// of snapshots and clones; nil means metrics.Nop.
+	Metrics metrics.Recorder
 }
 
 // UUIDRegenerator gives the filesystem in an image a new UUID so that a
@@ -78,6 +82,7 @@ type Backend struct {
 	cfg       Config
 	loop      loopdev.Interface
 	uuids     UUIDRegenerator
+	metrics   metrics.Recorder
 	reflink   bool
 	volumes   *recordCache[volumeMeta]
 	snapshots *recordCache[snapshotMeta]
@@ -106,7 +111,10 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.FreezeTimeout == 0 {
 		cfg.FreezeTimeout = 10 * time.Second
 	}
-	b := &Backend{cfg: cfg, loop: cfg.Loop, uuids: cfg.UUIDs}
+	b := &Backend{cfg: cfg, loop: cfg.Loop, uuids: cfg.UUIDs, metrics: cfg.Metrics}
+	if b.metrics == nil {
+		b.metrics = metrics.Nop{}
+	}
 	b.volumes = newRecordCache(func() ([]volumeMeta, error) {
 		return listRecords[volumeMeta](filepath.Join(abs, volumesDir), "volume", backend.ValidVolumeID)
 	})
@@ -160,10 +168,14 @@ func (b *Backend) Ready(ctx context.Context) error {
 
 // sweep removes what interrupted calls left: objects that never finished
 // building and objects whose deletion was cut short. Complete volumes and
-// snapshots are never touched.
+// snapshots are never touched. Every repair is counted, so that a node
+// whose driver keeps dying shows up in the metrics, not only in its logs.
 func (b *Backend) sweep(ctx context.Context) {
-	for _, d := range []string{stagingDir, trashDir} {
-		dir := filepath.Join(b.cfg.PoolDir, d)
+	for _, d := range []struct{ dir, action string }{
+		{stagingDir, metrics.ActionIncompleteRemoved},
+		{trashDir, metrics.ActionDeletedRemoved},
+	} {
+		dir := filepath.Join(b.cfg.PoolDir, d.dir)
 		entries, err := os.ReadDir(dir)
 		if err != nil {
 			klog.ErrorS(err, "Cannot read pool directory for cleanup", "dir", dir)
@@ -171,12 +183,13 @@ func (b *Backend) sweep(ctx context.Context) {
 		}
 		for _, e := range entries {
 			path := filepath.Join(dir, e.Name())
-			unmountUnder(path)
-			b.detachAll(filepath.Join(path, dataFile))
+			b.count(metrics.ActionLeftoverUnmounted, unmountUnder(path))
+			b.count(metrics.ActionLoopDetached, b.detachAll(filepath.Join(path, dataFile)))
 			if err := os.RemoveAll(path); err != nil {
 				klog.ErrorS(err, "Cannot remove leftover", "path", path)
 				continue
 			}
+			b.metrics.ReconcilerAction(d.action)
 			klog.InfoS("Removed leftover of an interrupted call", "path", path)
 		}
 	}
@@ -186,6 +199,7 @@ func (b *Backend) sweep(ctx context.Context) {
 		matches, _ := filepath.Glob(filepath.Join(b.cfg.PoolDir, d, "*", atomicfile.TempPrefix+"*"))
 		for _, m := range matches {
 			if err := os.Remove(m); err == nil {
+				b.metrics.ReconcilerAction(metrics.ActionTempFileRemoved)
 				klog.InfoS("Removed leftover temporary file", "path", m)
 			}
 		}
@@ -204,8 +218,11 @@ func (b *Backend) sweep(ctx context.Context) {
 		// it frozen and its writers hung; thawing one that is not frozen
 		// is harmless.
 		if mnt, err := freeze.MountpointOf(d.Path); err == nil && mnt != "" {
-			if err := freeze.Thaw(mnt); err != nil {
+			if thawed, err := freeze.ThawFrozen(mnt); err != nil {
 				klog.ErrorS(err, "Cannot thaw filesystem of a pool volume", "device", d.Path, "mountpoint", mnt)
+			} else if thawed {
+				b.metrics.ReconcilerAction(metrics.ActionFilesystemThawed)
+				klog.InfoS("Thawed filesystem left frozen by an interrupted snapshot", "device", d.Path, "mountpoint", mnt)
 			}
 		}
 		if d.Deleted {
@@ -213,21 +230,36 @@ func (b *Backend) sweep(ctx context.Context) {
 				klog.ErrorS(err, "Cannot detach loop device of a deleted file", "device", d.Path)
 				continue
 			}
+			b.metrics.ReconcilerAction(metrics.ActionLoopDetached)
 			klog.InfoS("Detached loop device of a deleted file", "device", d.Path, "backingFile", d.BackingFile)
 		}
 	}
 }
 
-func (b *Backend) detachAll(file string) {
+// count records n reconciler actions of one kind.
+func (b *Backend) count(action string, n int) {
+	for range n {
+		b.metrics.ReconcilerAction(action)
+	}
+}
+
+// detachAll detaches every loop device backed by file and returns how many
+// it detached.
+func (b *Backend) detachAll(file string) int {
 	devs, err := b.loop.FindByBackingFile(file)
 	if err != nil {
-		return
+		return 0
 	}
+	n := 0
 	for _, d := range devs {
 		if err := b.loop.Detach(d.Path); err != nil {
 			klog.ErrorS(err, "Cannot detach leftover loop device", "device", d.Path)
+			continue
 		}
+		klog.InfoS("Detached loop device of an unfinished object", "device", d.Path, "backingFile", file)
+		n++
 	}
+	return n
 }
 
 func (b *Backend) volumeDir(id string) string {
@@ -285,18 +317,21 @@ func isUnder(path, dir string) bool {
 }
 
 // unmountUnder removes mounts left inside a half-made object (an XFS log
-// replay cut short), deepest first.
-func unmountUnder(dir string) {
+// replay cut short), deepest first, and returns how many it removed.
+func unmountUnder(dir string) int {
 	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
 	if err != nil {
-		return
+		return 0
 	}
 	sort.Slice(mounts, func(i, j int) bool { return len(mounts[i].Mountpoint) > len(mounts[j].Mountpoint) })
+	n := 0
 	for _, m := range mounts {
 		if err := unix.Unmount(m.Mountpoint, 0); err != nil {
 			klog.ErrorS(err, "Cannot unmount leftover mount", "path", m.Mountpoint)
 			continue
 		}
+		n++
 		klog.InfoS("Unmounted leftover of an interrupted call", "path", m.Mountpoint)
 	}
+	return n
 }

@@ -223,11 +223,14 @@ func (b *Backend) cloneFrom(ctx context.Context, dst *os.File, src *source) (fil
 		method, err = filecopy.CloneWith(dst, in, b.reflink)
 		return err
 	})
+	// Writers were blocked whether or not the clone then succeeded, so a
+	// failed one counts too.
+	if res.Frozen {
+		b.metrics.FreezeDuration(res.FrozenFor)
+		klog.V(2).InfoS("Froze filesystem for clone", "mountpoint", res.Mountpoint, "frozenFor", res.FrozenFor)
+	}
 	if err != nil {
 		return "", fmt.Errorf("clone %s: %w", src.dataPath, err)
-	}
-	if res.Frozen {
-		klog.V(2).InfoS("Froze filesystem for clone", "mountpoint", res.Mountpoint, "frozenFor", res.FrozenFor)
 	}
 	return method, nil
 }

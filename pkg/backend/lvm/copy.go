@@ -66,6 +66,10 @@ func (b *Backend) copyFrom(ctx context.Context, src object, dstID string, skipZe
 	res, err := freeze.WhileQuiesced(cctx, srcDev, budget, func() error {
 		return copyDevice(cctx, dstDev, srcDev, n, skipZeros)
 	})
+	// Writers were blocked whether or not the copy then succeeded.
+	if res.Frozen {
+		b.metrics.FreezeDuration(res.FrozenFor)
+	}
 	if err != nil {
 		return fmt.Errorf("copy %s to %s: %w", src.ID, dstID, err)
 	}

@@ -51,6 +51,7 @@ import (
 	"github.com/tarn-csi/tarn/pkg/backend"
 	"github.com/tarn-csi/tarn/pkg/fsuuid"
 	lvmcmd "github.com/tarn-csi/tarn/pkg/lvm"
+	"github.com/tarn-csi/tarn/pkg/metrics"
 )
 
 // Config configures the LVM backend.
@@ -72,6 +73,9 @@ type Config struct {
 	// UUIDs regenerates filesystem UUIDs of clones; nil means the real
 	// tools.
 	UUIDs UUIDRegenerator
+	// Metrics receives the removals of incomplete LVs and the freeze
+	// times of thick copies; nil means metrics.Nop.
+	Metrics metrics.Recorder
 }
 
 // UUIDRegenerator gives the filesystem on a device a new UUID so that a
@@ -85,6 +89,7 @@ type Backend struct {
 	cfg         Config
 	client      *lvmcmd.Client
 	uuids       UUIDRegenerator
+	metrics     metrics.Recorder
 	defaultType string
 	// allocMu makes "check capacity, then create or extend" one step, so
 	// that two calls cannot both be promised the same last extents.
@@ -105,9 +110,12 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.FreezeTimeout == 0 {
 		cfg.FreezeTimeout = 10 * time.Second
 	}
-	b := &Backend{cfg: cfg, client: lvmcmd.NewClient(cfg.Runner, cfg.Timeout), uuids: cfg.UUIDs}
+	b := &Backend{cfg: cfg, client: lvmcmd.NewClient(cfg.Runner, cfg.Timeout), uuids: cfg.UUIDs, metrics: cfg.Metrics}
 	if b.uuids == nil {
 		b.uuids = fsuuid.Tool{}
+	}
+	if b.metrics == nil {
+		b.metrics = metrics.Nop{}
 	}
 	switch {
 	case cfg.DefaultType == "" && cfg.ThinPool != "":
@@ -189,6 +197,7 @@ func (b *Backend) sweep(ctx context.Context) {
 			klog.ErrorS(err, "Cannot remove leftover LV; retried at next start", "vg", b.cfg.VolumeGroup, "lv", lv.Name)
 			continue
 		}
+		b.metrics.ReconcilerAction(metrics.ActionIncompleteRemoved)
 		klog.InfoS("Removed leftover LV of an interrupted call", "vg", b.cfg.VolumeGroup, "lv", lv.Name)
 	}
 }
@@ -295,8 +304,13 @@ func (b *Backend) build(ctx context.Context, id string, finish lvmcmd.ChangeOpti
 // to build: the driver serialises calls per name, so nothing else is
 // building it.
 func (b *Backend) removeLeftover(ctx context.Context, o object) error {
-	if err := b.client.Remove(ctx, b.cfg.VolumeGroup, o.ID); err != nil && !errors.Is(err, backend.ErrNotFound) {
+	err := b.client.Remove(ctx, b.cfg.VolumeGroup, o.ID)
+	if err != nil && !errors.Is(err, backend.ErrNotFound) {
 		return fmt.Errorf("remove incomplete %s left by an earlier attempt: %w", o.ID, err)
+	}
+	if err == nil {
+		// The same repair the start-up sweep makes, only sooner.
+		b.metrics.ReconcilerAction(metrics.ActionIncompleteRemoved)
 	}
 	klog.InfoS("Removed incomplete LV of an earlier attempt", "lv", o.ID, "name", o.Name)
 	return nil
