@@ -32,6 +32,19 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "inspect %s: %v", path, err)
 	}
+	// After a reboot the kubelet asks about paths that still exist with
+	// nothing mounted on them: statfs would report the node's root disk
+	// as the volume. Only a path that holds the volume's device counts.
+	device, err := d.backend.DevicePath(ctx, id)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if device == "" {
+		return nil, status.Errorf(codes.NotFound, "volume %s is not staged on this node", id)
+	}
+	if held, err := holdsDevice(path, device, block); err != nil || !held {
+		return nil, status.Errorf(codes.NotFound, "volume %s is not at %s", id, path)
+	}
 	if block {
 		size, err := blockDeviceSize(path)
 		if err != nil {
