@@ -19,6 +19,7 @@ import (
 	"github.com/tarn-csi/tarn/pkg/backend/loop"
 	"github.com/tarn-csi/tarn/pkg/backend/lvm"
 	"github.com/tarn-csi/tarn/pkg/driver"
+	"github.com/tarn-csi/tarn/pkg/faults"
 	"github.com/tarn-csi/tarn/pkg/metrics"
 	"github.com/tarn-csi/tarn/pkg/registration"
 )
@@ -134,6 +135,12 @@ func serve(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// Read once, here: only a binary built with the faultinject tag can be
+	// armed, and the injector reaches the code through its configs.
+	inj, err := faults.FromEnv(os.Getenv)
+	if err != nil {
+		return err
+	}
 
 	var m *metrics.Metrics
 	// The backend reports its start-up sweep, so it gets the metrics
@@ -146,7 +153,7 @@ func serve(args []string) error {
 		}
 		rec = m
 	}
-	b, err := openBackend(ctx, c, rec)
+	b, err := openBackend(ctx, c, rec, inj)
 	if err != nil {
 		return err
 	}
@@ -163,6 +170,7 @@ func serve(args []string) error {
 		Backend:           b,
 		MaxVolumesPerNode: c.maxVolumes,
 		SocketGroup:       socketGroup(c.socketGroup),
+		Faults:            inj,
 	})
 	if err != nil {
 		return err
@@ -211,7 +219,7 @@ func runAll(ctx context.Context, d *driver.Driver, c serveConfig) error {
 	return first
 }
 
-func openBackend(ctx context.Context, c serveConfig, rec metrics.Recorder) (backend.Backend, error) {
+func openBackend(ctx context.Context, c serveConfig, rec metrics.Recorder, inj faults.Injector) (backend.Backend, error) {
 	switch c.backendKind {
 	case "loop":
 		if err := os.MkdirAll(c.poolDir, 0o700); err != nil {
@@ -223,6 +231,7 @@ func openBackend(ctx context.Context, c serveConfig, rec metrics.Recorder) (back
 			DisableReflink: c.disableReflink,
 			FreezeTimeout:  c.freezeTimeout,
 			Metrics:        rec,
+			Faults:         inj,
 		})
 	case "lvm":
 		if c.volumeGroup == "" {
@@ -233,6 +242,7 @@ func openBackend(ctx context.Context, c serveConfig, rec metrics.Recorder) (back
 			ThinPool:      c.thinPool,
 			FreezeTimeout: c.freezeTimeout,
 			Metrics:       rec,
+			Faults:        inj,
 		})
 	default:
 		return nil, fmt.Errorf("unknown backend %q (supported: loop, lvm)", c.backendKind)

@@ -43,7 +43,7 @@ func TestParseServeFlags(t *testing.T) {
 
 func TestOpenBackendRefusesBadChoices(t *testing.T) {
 	for _, c := range []serveConfig{{backendKind: "zfs"}, {backendKind: "lvm"}} {
-		if _, err := openBackend(context.Background(), c, nil); err == nil {
+		if _, err := openBackend(context.Background(), c, nil, nil); err == nil {
 			t.Errorf("openBackend(%+v) accepted", c)
 		}
 	}

@@ -18,6 +18,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/tarn-csi/tarn/pkg/backend"
+	"github.com/tarn-csi/tarn/pkg/faults"
 	"github.com/tarn-csi/tarn/pkg/inflight"
 	"github.com/tarn-csi/tarn/pkg/metrics"
 )
@@ -45,6 +46,9 @@ type Config struct {
 	// SocketGroup, when not nil, may reach the socket too (mode 0660), so
 	// that sidecars can run as a non-root user of that group.
 	SocketGroup *int
+	// Faults is told when a node call reaches each of its fault points
+	// (see package faults); nil means faults.Nop.
+	Faults faults.Injector
 }
 
 // Driver implements the three CSI services.
@@ -56,6 +60,7 @@ type Driver struct {
 	cfg      Config
 	backend  backend.Backend
 	mounter  Mounter
+	faults   faults.Injector
 	inFlight inflight.Set
 	server   *grpc.Server
 }
@@ -71,11 +76,12 @@ func New(cfg Config) (*Driver, error) {
 	if cfg.Version == "" {
 		cfg.Version = "dev"
 	}
+	inj := faults.OrNop(cfg.Faults)
 	m := cfg.Mounter
 	if m == nil {
-		m = NewMounter()
+		m = newMounter(inj)
 	}
-	return &Driver{cfg: cfg, backend: cfg.Backend, mounter: m}, nil
+	return &Driver{cfg: cfg, backend: cfg.Backend, mounter: m, faults: inj}, nil
 }
 
 // Run listens on the endpoint and serves until ctx is cancelled, then stops

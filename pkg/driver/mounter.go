@@ -7,6 +7,8 @@ import (
 	"golang.org/x/sys/unix"
 	mount "k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
+
+	"github.com/tarn-csi/tarn/pkg/faults"
 )
 
 // Mounter is the seam between the node service and the kernel's mount
@@ -30,10 +32,33 @@ type realMounter struct {
 
 // NewMounter returns the Mounter backed by mount-utils.
 func NewMounter() Mounter {
+	return newMounter(faults.Nop{})
+}
+
+func newMounter(inj faults.Injector) Mounter {
 	// Without systemd: mount-utils detects it lazily and unguarded, which
 	// races between concurrent calls, and Tarn's ext4/xfs mounts need no
 	// systemd scope (that is for FUSE mounts outliving a restart).
-	return realMounter{&mount.SafeFormatAndMount{Interface: mount.NewWithoutSystemd(""), Exec: utilexec.New()}}
+	var m mount.Interface = mount.NewWithoutSystemd("")
+	if _, nop := inj.(faults.Nop); !nop {
+		m = pointMounter{Interface: m, faults: inj}
+	}
+	return realMounter{&mount.SafeFormatAndMount{Interface: m, Exec: utilexec.New()}}
+}
+
+// pointMounter reaches the fault point between FormatAndMount's mkfs and
+// its mount, which mount-utils runs in one call: the mount of a filesystem
+// (not a bind mount) goes through MountSensitive.
+type pointMounter struct {
+	mount.Interface
+	faults faults.Injector
+}
+
+func (m pointMounter) MountSensitive(source, target, fstype string, options, sensitiveOptions []string) error {
+	if fstype != "" {
+		m.faults.Point("stage-volume.before-mount")
+	}
+	return m.Interface.MountSensitive(source, target, fstype, options, sensitiveOptions)
 }
 
 // isMountPoint reads the mount table, so bind mounts of files count; a

@@ -75,6 +75,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	d.faults.Point("stage-volume.after-attach")
 	// A failed stage undoes what this call did, and only that: a device
 	// attached before (staged elsewhere, or a retry) is left alone.
 	staged, mountedHere := false, false
@@ -101,6 +102,12 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if done, err := d.alreadyMounted(staging, device, false, id); err != nil {
 		return nil, err
 	} else if done {
+		// The stage that mounted it may have been cut short before it
+		// grew the filesystem; the retry must not leave it smaller than
+		// the volume.
+		if err := d.mounter.ResizeFS(device, staging); err != nil {
+			return nil, status.Errorf(codes.Internal, "%v", err)
+		}
 		staged = true
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
@@ -133,6 +140,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return nil, status.Errorf(codes.Internal, "format and mount %s (%s) at %s: %v", device, fsType, staging, err)
 	}
 	mountedHere = true
+	d.faults.Point("stage-volume.after-mount")
 	// A volume restored or cloned into a larger size, or expanded while
 	// unstaged, has a filesystem smaller than its device.
 	if err := d.mounter.ResizeFS(device, staging); err != nil {
@@ -204,6 +212,7 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 		if err := d.mounter.Unmount(staging); err != nil {
 			return nil, status.Errorf(codes.Internal, "unmount %s: %v", staging, err)
 		}
+		d.faults.Point("unstage-volume.after-unmount")
 	}
 	if err := d.backend.DetachVolume(ctx, id); err != nil {
 		return nil, toStatus(err)

@@ -14,8 +14,13 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/tarn-csi/tarn/pkg/faults"
 	"github.com/tarn-csi/tarn/pkg/loopdev"
 )
+
+// replayPoint is the fault point reached while an XFS log replay has the
+// image mounted; the loop backend regenerates UUIDs only in CreateVolume.
+const replayPoint = "create-volume.during-log-replay"
 
 // Tool regenerates UUIDs with the filesystems' own tools. It implements the
 // backends' UUID regenerator seam.
@@ -26,6 +31,9 @@ type Tool struct {
 	// BlockSize is the logical block size images are attached with; it
 	// must match what the volume is served with.
 	BlockSize uint32
+	// Faults is told when a log replay has the image mounted
+	// (replayPoint); nil means faults.Nop.
+	Faults faults.Injector
 }
 
 // Regenerate detects the filesystem in path (a block device or an image
@@ -112,6 +120,7 @@ func (t Tool) replayLog(ctx context.Context, path string) error {
 	if err := unix.Mount(device, dir, "xfs", 0, "nouuid"); err != nil {
 		return fmt.Errorf("mount %s: %w", device, err)
 	}
+	faults.OrNop(t.Faults).Point(replayPoint)
 	if err := unix.Unmount(dir, 0); err != nil {
 		_ = unix.Unmount(dir, unix.MNT_DETACH)
 		return fmt.Errorf("unmount %s: %w", dir, err)

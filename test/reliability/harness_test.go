@@ -69,6 +69,8 @@ type env struct {
 
 	// proc is the current `tarn serve`, nil for an in-process driver.
 	proc *tarnProcess
+	// binary is what serve runs; "" means tarnBinary.
+	binary string
 }
 
 // newEnv makes an XFS reflink pool of size bytes (a sparse image); no
@@ -207,17 +209,34 @@ type tarnProcess struct {
 // after the previous process died; dir is its working directory.
 func (e *env) serve(t *testing.T, dir string) {
 	t.Helper()
+	e.serveWith(t, dir)
+}
+
+// serveWith is serve with variables added to the environment, which is
+// otherwise this process's without any fault injection setting.
+func (e *env) serveWith(t *testing.T, dir string, environ ...string) {
+	t.Helper()
 	first := e.proc == nil
 	if !first && !e.proc.exited() {
 		t.Fatal("serve: the previous tarn process is still running")
 	}
+	binary := e.binary
+	if binary == "" {
+		binary = tarnBinary
+	}
 	p := &tarnProcess{out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(tarnBinary, "serve", "--endpoint=unix://"+e.sock, "--node-id="+nodeID,
+	p.cmd = exec.Command(binary, "serve", "--endpoint=unix://"+e.sock, "--node-id="+nodeID,
 		"--pool-dir="+e.pool, "-v=2")
 	p.cmd.Dir = dir
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "TARN_FAULT_") {
+			p.cmd.Env = append(p.cmd.Env, kv)
+		}
+	}
+	p.cmd.Env = append(p.cmd.Env, environ...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", tarnBinary, err)
+		t.Fatalf("start %s: %v", binary, err)
 	}
 	go func() { p.err = p.cmd.Wait(); close(p.done) }()
 	e.proc = p

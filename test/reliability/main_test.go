@@ -75,6 +75,29 @@ func fuzzSeed(t *testing.T) int64 {
 // taking the test binary with it).
 var tarnBinary string
 
+// faultBinary is `tarn` built with the faultinject tag, built on first use
+// (only TestFaultPoints runs it) into the same directory as tarnBinary.
+var faultBinary struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// faultTarn returns the path of the faultinject build of tarn.
+func faultTarn(t *testing.T) string {
+	t.Helper()
+	faultBinary.once.Do(func() {
+		start := time.Now()
+		faultBinary.path = filepath.Join(filepath.Dir(tarnBinary), "tarn-faultinject")
+		faultBinary.err = buildTarn(faultBinary.path, "faultinject")
+		t.Logf("built %s in %v", faultBinary.path, time.Since(start).Round(time.Millisecond))
+	})
+	if faultBinary.err != nil {
+		t.Fatal(faultBinary.err)
+	}
+	return faultBinary.path
+}
+
 // driverLog collects what the in-process driver logs, printed only for a
 // failing test.
 var driverLog syncBuffer
@@ -127,8 +150,9 @@ func routeKlog(w *syncBuffer) error {
 }
 
 // buildTarn builds ./cmd/tarn of the module under test, located through go
-// env GOMOD so that the tests run from any directory.
-func buildTarn(out string) error {
+// env GOMOD so that the tests run from any directory, with the build tags
+// given.
+func buildTarn(out string, tags ...string) error {
 	gomod, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil {
 		return fmt.Errorf("go env GOMOD: %w", err)
@@ -137,7 +161,11 @@ func buildTarn(out string) error {
 	if mod == "" || mod == os.DevNull {
 		return errors.New("go env GOMOD: not inside a module")
 	}
-	cmd := exec.Command("go", "build", "-o", out, "./cmd/tarn")
+	args := []string{"build", "-o", out}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
+	}
+	cmd := exec.Command("go", append(args, "./cmd/tarn")...)
 	cmd.Dir = filepath.Dir(mod)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build ./cmd/tarn: %w\n%s", err, b)

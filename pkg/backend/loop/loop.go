@@ -31,6 +31,7 @@ import (
 
 	"github.com/tarn-csi/tarn/pkg/atomicfile"
 	"github.com/tarn-csi/tarn/pkg/backend"
+	"github.com/tarn-csi/tarn/pkg/faults"
 	"github.com/tarn-csi/tarn/pkg/filecopy"
 	"github.com/tarn-csi/tarn/pkg/freeze"
 	"github.com/tarn-csi/tarn/pkg/fsuuid"
@@ -67,6 +68,9 @@ type Config struct {
 	// Metrics receives the start-up sweep's repairs and the freeze times
 	// of snapshots and clones; nil means metrics.Nop.
 	Metrics metrics.Recorder
+	// Faults is told when an operation reaches each of its fault points
+	// (see package faults); nil means faults.Nop.
+	Faults faults.Injector
 }
 
 // UUIDRegenerator gives the filesystem in an image a new UUID so that a
@@ -83,6 +87,7 @@ type Backend struct {
 	loop      loopdev.Interface
 	uuids     UUIDRegenerator
 	metrics   metrics.Recorder
+	faults    faults.Injector
 	reflink   bool
 	volumes   *recordCache[volumeMeta]
 	snapshots *recordCache[snapshotMeta]
@@ -111,7 +116,7 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.FreezeTimeout == 0 {
 		cfg.FreezeTimeout = 10 * time.Second
 	}
-	b := &Backend{cfg: cfg, loop: cfg.Loop, uuids: cfg.UUIDs, metrics: cfg.Metrics}
+	b := &Backend{cfg: cfg, loop: cfg.Loop, uuids: cfg.UUIDs, metrics: cfg.Metrics, faults: faults.OrNop(cfg.Faults)}
 	if b.metrics == nil {
 		b.metrics = metrics.Nop{}
 	}
@@ -125,7 +130,7 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		b.loop = &loopdev.Manager{}
 	}
 	if b.uuids == nil {
-		b.uuids = fsuuid.Tool{Loop: b.loop, BlockSize: deviceBlockSize}
+		b.uuids = fsuuid.Tool{Loop: b.loop, BlockSize: deviceBlockSize, Faults: b.faults}
 	}
 	for _, d := range []string{volumesDir, snapshotsDir, stagingDir, trashDir} {
 		if err := os.MkdirAll(filepath.Join(abs, d), 0o700); err != nil {
@@ -262,6 +267,20 @@ func (b *Backend) detachAll(file string) int {
 	return n
 }
 
+// Operations, the first half of their fault points' names.
+const (
+	opCreateVolume   = "create-volume"
+	opCreateSnapshot = "create-snapshot"
+	opDeleteVolume   = "delete-volume"
+	opDeleteSnapshot = "delete-snapshot"
+	opExpandVolume   = "expand-volume"
+)
+
+// point tells the fault injector that op has reached instant.
+func (b *Backend) point(op, instant string) {
+	b.faults.Point(op + "." + instant)
+}
+
 func (b *Backend) volumeDir(id string) string {
 	return filepath.Join(b.cfg.PoolDir, volumesDir, id)
 }
@@ -281,11 +300,12 @@ func (b *Backend) newStagingDir(id string) (string, error) {
 
 // removeObject deletes a volume or snapshot directory: one rename makes it
 // invisible, then the contents go; a crash in between is swept at start.
-func (b *Backend) removeObject(dir string) error {
+func (b *Backend) removeObject(op, dir string) error {
 	trash, err := os.MkdirTemp(filepath.Join(b.cfg.PoolDir, trashDir), filepath.Base(dir)+"-")
 	if err != nil {
 		return fmt.Errorf("create trash entry: %w", err)
 	}
+	b.point(op, "before-trash")
 	target := filepath.Join(trash, "obj")
 	if err := os.Rename(dir, target); err != nil {
 		_ = os.Remove(trash)
@@ -294,9 +314,11 @@ func (b *Backend) removeObject(dir string) error {
 		}
 		return fmt.Errorf("move %s to trash: %w", dir, err)
 	}
+	b.point(op, "after-trash")
 	if err := syncParent(dir); err != nil {
 		return err
 	}
+	b.point(op, "before-empty")
 	if err := os.RemoveAll(trash); err != nil {
 		klog.ErrorS(err, "Cannot empty trash; it is retried at next start", "path", trash)
 	}

@@ -48,20 +48,33 @@ func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotReques
 		Version: metaVersion, ID: id, Name: req.Name, SourceVolumeID: vol.ID,
 		SizeBytes: vol.SizeBytes, Parameters: maps.Clone(req.Parameters),
 	}
-	err = b.buildObject(ctx, id, snapshotsDir, func(dir string) error {
+	if b.reflink {
+		// Recorded before the clone, so that no crash can leave the
+		// volume sharing extents with a snapshot it is not known to share
+		// (its capacity overstated): a retried CreateSnapshot finds the
+		// snapshot and returns it without coming back here. A snapshot
+		// that fails leaves the volume conservatively marked.
+		b.markShared(&vol)
+	}
+	err = b.buildObject(ctx, opCreateSnapshot, id, snapshotsDir, func(dir string) error {
 		f, err := os.OpenFile(filepath.Join(dir, dataFile), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o400)
 		if err != nil {
 			return fmt.Errorf("create snapshot data: %w", err)
 		}
 		defer f.Close()
-		method, err := b.cloneFrom(ctx, f, src)
+		b.point(opCreateSnapshot, "after-data-file")
+		method, err := b.cloneFrom(ctx, opCreateSnapshot, f, src)
 		if err != nil {
 			return err
 		}
 		meta.Method = string(method)
 		// The creation time is the instant the data was captured.
 		meta.CreatedAt = time.Now().UTC()
-		return writeNewMeta(dir, meta)
+		if err := writeNewMeta(dir, meta); err != nil {
+			return err
+		}
+		b.point(opCreateSnapshot, "after-meta")
+		return nil
 	})
 	if err != nil {
 		return backend.Snapshot{}, err
@@ -81,7 +94,7 @@ func (b *Backend) DeleteSnapshot(ctx context.Context, id string) error {
 	if !backend.ValidSnapshotID(id) {
 		return nil
 	}
-	if err := b.removeObject(b.snapshotDir(id)); err != nil {
+	if err := b.removeObject(opDeleteSnapshot, b.snapshotDir(id)); err != nil {
 		return err
 	}
 	b.snapshots.remove(id)

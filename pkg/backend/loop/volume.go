@@ -57,14 +57,25 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 		Parameters: maps.Clone(req.Parameters), SourceSnapshotID: req.Source.SnapshotID,
 		SourceVolumeID: req.Source.VolumeID, CreatedAt: now, UpdatedAt: now,
 	}
+	if src != nil && src.volume != nil && b.reflink {
+		// Recorded before the clone, so that no crash can leave a volume
+		// sharing extents it is not known to share (its capacity
+		// overstated); a clone that fails or copies leaves it
+		// conservatively marked.
+		b.markShared(src.volume)
+	}
 	var method filecopy.Method
-	err = b.buildObject(ctx, id, volumesDir, func(dir string) error {
+	err = b.buildObject(ctx, opCreateVolume, id, volumesDir, func(dir string) error {
 		var err error
 		if method, err = b.fillData(ctx, filepath.Join(dir, dataFile), src, size); err != nil {
 			return err
 		}
 		meta.Shared = method == filecopy.Reflink
-		return writeNewMeta(dir, meta)
+		if err := writeNewMeta(dir, meta); err != nil {
+			return err
+		}
+		b.point(opCreateVolume, "after-meta")
+		return nil
 	})
 	if err != nil {
 		return backend.Volume{}, err
@@ -136,11 +147,12 @@ func (b *Backend) resolveSource(s backend.Source) (*source, error) {
 // buildObject builds an object in a staging directory and renames it into
 // place only when fill has finished, so that nothing half-made is ever
 // visible.
-func (b *Backend) buildObject(ctx context.Context, id, parent string, fill func(dir string) error) error {
+func (b *Backend) buildObject(ctx context.Context, op, id, parent string, fill func(dir string) error) error {
 	dir, err := b.newStagingDir(id)
 	if err != nil {
 		return err
 	}
+	b.point(op, "after-staging-dir")
 	committed := false
 	defer func() {
 		if !committed {
@@ -159,11 +171,13 @@ func (b *Backend) buildObject(ctx context.Context, id, parent string, fill func(
 	if err := atomicfile.SyncDir(dir); err != nil {
 		return err
 	}
+	b.point(op, "before-publish")
 	final := filepath.Join(b.cfg.PoolDir, parent, id)
 	if err := os.Rename(dir, final); err != nil {
 		return fmt.Errorf("publish %s: %w", id, err)
 	}
 	committed = true
+	b.point(op, "after-publish")
 	return syncParent(final)
 }
 
@@ -175,9 +189,10 @@ func (b *Backend) fillData(ctx context.Context, path string, src *source, size i
 		return "", fmt.Errorf("create data file: %w", err)
 	}
 	defer f.Close()
+	b.point(opCreateVolume, "after-data-file")
 	var method filecopy.Method
 	if src != nil {
-		method, err = b.cloneFrom(ctx, f, src)
+		method, err = b.cloneFrom(ctx, opCreateVolume, f, src)
 		if err != nil {
 			return "", err
 		}
@@ -193,19 +208,21 @@ func (b *Backend) fillData(ctx context.Context, path string, src *source, size i
 			return "", fmt.Errorf("fsync data file: %w", err)
 		}
 	}
+	b.point(opCreateVolume, "after-size")
 	if src != nil {
 		// A clone carries its origin's filesystem UUID; two mounted XFS
 		// with one UUID refuse to coexist, so give the copy its own.
 		if err := b.uuids.Regenerate(ctx, path); err != nil {
 			klog.InfoS("Cannot give clone a new filesystem UUID; xfs mounts use nouuid", "path", path, "err", err)
 		}
+		b.point(opCreateVolume, "after-uuid")
 	}
 	return method, nil
 }
 
 // cloneFrom copies the source into dst, quiescing the source volume's
 // filesystem for the instant of the copy when it is in use.
-func (b *Backend) cloneFrom(ctx context.Context, dst *os.File, src *source) (filecopy.Method, error) {
+func (b *Backend) cloneFrom(ctx context.Context, op string, dst *os.File, src *source) (filecopy.Method, error) {
 	in, err := os.Open(src.dataPath)
 	if err != nil {
 		return "", fmt.Errorf("open source: %w", err)
@@ -219,8 +236,12 @@ func (b *Backend) cloneFrom(ctx context.Context, dst *os.File, src *source) (fil
 	}
 	var method filecopy.Method
 	res, err := freeze.WhileQuiesced(ctx, device, b.freezeBudget(src.dataPath), func() error {
+		b.point(op, "before-clone")
 		var err error
 		method, err = filecopy.CloneWith(dst, in, b.reflink)
+		if err == nil {
+			b.point(op, "after-clone")
+		}
 		return err
 	})
 	// Writers were blocked whether or not the clone then succeeded, so a
@@ -228,6 +249,7 @@ func (b *Backend) cloneFrom(ctx context.Context, dst *os.File, src *source) (fil
 	if res.Frozen {
 		b.metrics.FreezeDuration(res.FrozenFor)
 		klog.V(2).InfoS("Froze filesystem for clone", "mountpoint", res.Mountpoint, "frozenFor", res.FrozenFor)
+		b.point(op, "after-thaw")
 	}
 	if err != nil {
 		return "", fmt.Errorf("clone %s: %w", src.dataPath, err)
@@ -253,13 +275,16 @@ func (b *Backend) markShared(m *volumeMeta) {
 	if m.Shared {
 		return
 	}
-	m.Shared = true
-	m.UpdatedAt = time.Now().UTC()
-	if err := writeMeta(b.volumeDir(m.ID), *m); err != nil {
+	marked := *m
+	marked.Shared = true
+	marked.UpdatedAt = time.Now().UTC()
+	if err := writeMeta(b.volumeDir(m.ID), marked); err != nil {
+		// m stays unmarked, so that the next call tries again.
 		klog.ErrorS(err, "Cannot record shared extents; capacity may be overstated", "volumeID", m.ID)
 		return
 	}
-	b.volumes.put(*m)
+	*m = marked
+	b.volumes.put(marked)
 }
 
 // DeleteVolume implements backend.Backend.
@@ -278,7 +303,7 @@ func (b *Backend) DeleteVolume(ctx context.Context, id string) error {
 	if len(devs) > 0 {
 		return fmt.Errorf("%w: volume %s is attached as %s on this node; unstage it first", backend.ErrInUse, id, devs[0].Path)
 	}
-	if err := b.removeObject(dir); err != nil {
+	if err := b.removeObject(opDeleteVolume, dir); err != nil {
 		return err
 	}
 	b.volumes.remove(id)
@@ -354,11 +379,13 @@ func (b *Backend) ExpandVolume(ctx context.Context, id string, sizeBytes, limitB
 	if err := b.ensureFileSize(id, size); err != nil {
 		return 0, err
 	}
+	b.point(opExpandVolume, "after-truncate")
 	m.SizeBytes = size
 	m.UpdatedAt = time.Now().UTC()
 	if err := writeMeta(b.volumeDir(id), m); err != nil {
 		return 0, err
 	}
+	b.point(opExpandVolume, "after-meta")
 	b.volumes.put(m)
 	klog.V(2).InfoS("Expanded loop volume", "volumeID", id, "size", size)
 	return size, nil

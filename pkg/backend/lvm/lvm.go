@@ -49,6 +49,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/tarn-csi/tarn/pkg/backend"
+	"github.com/tarn-csi/tarn/pkg/faults"
 	"github.com/tarn-csi/tarn/pkg/fsuuid"
 	lvmcmd "github.com/tarn-csi/tarn/pkg/lvm"
 	"github.com/tarn-csi/tarn/pkg/metrics"
@@ -76,6 +77,9 @@ type Config struct {
 	// Metrics receives the removals of incomplete LVs and the freeze
 	// times of thick copies; nil means metrics.Nop.
 	Metrics metrics.Recorder
+	// Faults is told when an operation reaches each of its fault points
+	// (see package faults); nil means faults.Nop.
+	Faults faults.Injector
 }
 
 // UUIDRegenerator gives the filesystem on a device a new UUID so that a
@@ -90,6 +94,7 @@ type Backend struct {
 	client      *lvmcmd.Client
 	uuids       UUIDRegenerator
 	metrics     metrics.Recorder
+	faults      faults.Injector
 	defaultType string
 	// allocMu makes "check capacity, then create or extend" one step, so
 	// that two calls cannot both be promised the same last extents.
@@ -110,7 +115,8 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.FreezeTimeout == 0 {
 		cfg.FreezeTimeout = 10 * time.Second
 	}
-	b := &Backend{cfg: cfg, client: lvmcmd.NewClient(cfg.Runner, cfg.Timeout), uuids: cfg.UUIDs, metrics: cfg.Metrics}
+	b := &Backend{cfg: cfg, client: lvmcmd.NewClient(cfg.Runner, cfg.Timeout), uuids: cfg.UUIDs, metrics: cfg.Metrics,
+		faults: faults.OrNop(cfg.Faults)}
 	if b.uuids == nil {
 		b.uuids = fsuuid.Tool{}
 	}
@@ -270,11 +276,13 @@ func (b *Backend) list(ctx context.Context, valid func(string) bool) ([]object, 
 // and finally marks it complete, applying finish in the same metadata
 // commit. Whatever fails after the LV exists removes it again, so that a
 // failed call leaves nothing behind; if even that fails, the LV lacks the
-// completion tag and the next start removes it.
-func (b *Backend) build(ctx context.Context, id string, finish lvmcmd.ChangeOptions, create func() error, steps ...func() error) (time.Time, error) {
+// completion tag and the next start removes it. op names the operation's
+// fault points.
+func (b *Backend) build(ctx context.Context, op, id string, finish lvmcmd.ChangeOptions, create func() error, steps ...func() error) (time.Time, error) {
 	if err := create(); err != nil {
 		return time.Time{}, err
 	}
+	b.faults.Point(op + ".after-lvcreate")
 	fail := func(err error) (time.Time, error) {
 		// The caller's context may be what failed; cleanup must still run.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
@@ -292,6 +300,7 @@ func (b *Backend) build(ctx context.Context, id string, finish lvmcmd.ChangeOpti
 			return fail(err)
 		}
 	}
+	b.faults.Point(op + ".before-complete")
 	created := time.Now().UTC()
 	finish.AddTags = append(finish.AddTags, completionTags(created)...)
 	if err := b.client.Change(ctx, b.cfg.VolumeGroup, id, finish); err != nil {

@@ -88,7 +88,7 @@ func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotReques
 		skip := true
 		finish.SkipActivation = &skip
 	}
-	created, err := b.build(ctx, id, finish, create, steps...)
+	created, err := b.build(ctx, "create-snapshot", id, finish, create, steps...)
 	if err != nil {
 		return backend.Snapshot{}, fmt.Errorf("snapshot %s of %s: %w", id, vol.ID, err)
 	}

@@ -112,7 +112,7 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 		// node's first AttachVolume expects.
 		steps = append(steps, func() error { return b.client.Deactivate(ctx, b.cfg.VolumeGroup, id) })
 	}
-	created, err := b.build(ctx, id, lvmcmd.ChangeOptions{}, create, steps...)
+	created, err := b.build(ctx, "create-volume", id, lvmcmd.ChangeOptions{}, create, steps...)
 	if err != nil {
 		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
 	}
@@ -234,6 +234,7 @@ func (b *Backend) remove(ctx context.Context, id string, valid func(string) bool
 	if o.lv.DeviceOpen {
 		return fmt.Errorf("%w: %s %s is open on this node (attached or mounted); unstage it first", backend.ErrInUse, what, id)
 	}
+	b.faults.Point("delete-" + what + ".before-lvremove")
 	if err := b.client.Remove(ctx, b.cfg.VolumeGroup, id); err != nil && !errors.Is(err, backend.ErrNotFound) {
 		return fmt.Errorf("delete %s %s: %w", what, id, err)
 	}
