@@ -145,3 +145,40 @@ images-clean:
 # which `make images-host` installs).
 image: export DOCKER_BUILDKIT := 1
 # ---- end: local images -------------------------------------------------------
+
+# ---- begin: kind cluster (test/kind; see test/kind/README.md) ---------------
+# A 3-node kind cluster (deploy/kind/cluster.yaml) built with no registry: the
+# node image is assembled from Kubernetes built from the Go module proxy, and
+# each node gets an XFS (reflink) pool at /var/lib/tarn/pool. Cached by
+# version under KIND_CACHE: a second run only recreates the cluster.
+.PHONY: kind-image kind-up kind-down
+KIND_CACHE ?= /var/cache/tarn-kind
+KIND_K8S_VERSION ?= v1.34.4
+KIND_KUBECONFIG ?= $(CURDIR)/_output/kind/kubeconfig
+# The cluster's kubectl (test/kind/kubectl wraps it with the kubeconfig).
+KUBECTL ?= $(KIND_CACHE)/kubernetes-$(KIND_K8S_VERSION)/kubectl
+KIND_SH = VERSION=$(VERSION) IMAGE=$(IMAGE) TARN_KIND_CACHE=$(KIND_CACHE) \
+	K8S_VERSION=$(KIND_K8S_VERSION) KIND_KUBECONFIG=$(KIND_KUBECONFIG) bash test/kind/kind.sh
+
+# Host setup, Kubernetes/etcd/coredns/kind binaries, node image.
+kind-image: images-host images-base
+	@$(KIND_SH) image
+
+# Everything above, Tarn's and the sidecars' images, then a fresh cluster
+# "tarn" with them loaded, the snapshot CRDs and deploy/overlays/kind applied
+# (TARN_KIND_DEPLOY=0 stops before the overlay).
+kind-up: images
+	@$(KIND_SH) up
+
+# Deletes the cluster and its pools; fails if a mount or loop device is left.
+kind-down:
+	@$(KIND_SH) down
+
+# Go end-to-end tests (test/e2e, client-go) against the cluster of kind-up.
+.PHONY: e2e
+E2E_IMAGE ?= tarn-local/debian:bookworm-slim
+E2E_TIMEOUT ?= 20m
+e2e:
+	TARN_E2E_KUBECONFIG=$(KIND_KUBECONFIG) TARN_E2E_IMAGE=$(E2E_IMAGE) \
+		go test -count=1 -timeout $(E2E_TIMEOUT) -v ./test/e2e/
+# ---- end: kind cluster ---------------------------------------------------------

@@ -9,7 +9,9 @@
 #     installed in /usr/local/lib/docker/cli-plugins;
 #   * where the capability bounding set is reduced, the runc-capbnd shim as the
 #     extra docker runtime "tarn-runc", without which --privileged containers
-#     cannot start on such a machine.
+#     cannot start on such a machine; with TARN_RUNC_DEFAULT=1 (the kind
+#     harness, test/kind, sets it) also as docker's default runtime, because
+#     kind starts its privileged node containers with no way to pick a runtime.
 source "$(dirname "$0")/lib.sh"
 
 BUILDX_VERSION=${BUILDX_VERSION:-v0.38.2}
@@ -17,6 +19,7 @@ BUILDX_MODULE=github.com/docker/buildx
 CLI_PLUGINS=/usr/local/lib/docker/cli-plugins
 SHIM=/usr/local/libexec/tarn/runc-capbnd
 DAEMON_JSON=/etc/docker/daemon.json
+TARN_RUNC_DEFAULT=${TARN_RUNC_DEFAULT:-0}
 
 packages() {
   local want=(mmdebstrap jq libcap2-bin ca-certificates)
@@ -84,28 +87,47 @@ bounding_set_reduced() {
   [ "$bnd" -ne $(((1 << (last + 1)) - 1)) ]
 }
 
+# daemon_json JQ-FILTER [ARGS...]: edit /etc/docker/daemon.json and make
+# dockerd reload it (SIGHUP re-reads runtimes and default-runtime; running
+# containers are untouched).
+daemon_json() {
+  mkdir -p "$(dirname "$DAEMON_JSON")"
+  [ -s "$DAEMON_JSON" ] || echo '{}' >"$DAEMON_JSON"
+  jq "$@" "$DAEMON_JSON" >"$DAEMON_JSON.tmp"
+  mv "$DAEMON_JSON.tmp" "$DAEMON_JSON"
+  local pid; pid=$(cat /var/run/docker.pid 2>/dev/null || true)
+  [ -n "$pid" ] && kill -HUP "$pid"
+}
+
+# wait_docker_info GO-TEMPLATE JQ-TEST: until dockerd reports the change.
+wait_docker_info() {
+  local _
+  for _ in $(seq 1 20); do
+    docker info --format "$1" | jq -e "$2" >/dev/null && return 0
+    sleep 0.5
+  done
+  return 1
+}
+
 privileged_runtime() {
   bounding_set_reduced || return 0
   if ! cmp -s "$IMAGES_DIR/runc-capbnd" "$SHIM"; then
     install -D -m 0755 "$IMAGES_DIR/runc-capbnd" "$SHIM"
   fi
-  if docker info --format '{{json .Runtimes}}' | jq -e 'has("tarn-runc")' >/dev/null; then
-    return 0
+  if ! docker info --format '{{json .Runtimes}}' | jq -e 'has("tarn-runc")' >/dev/null; then
+    log "capability bounding set is reduced: registering $SHIM as docker runtime tarn-runc"
+    daemon_json --arg p "$SHIM" '.runtimes["tarn-runc"] = {path: $p}'
+    wait_docker_info '{{json .Runtimes}}' 'has("tarn-runc")' ||
+      die "dockerd did not pick up the tarn-runc runtime from $DAEMON_JSON"
   fi
-  log "capability bounding set is reduced: registering $SHIM as docker runtime tarn-runc"
-  mkdir -p "$(dirname "$DAEMON_JSON")"
-  [ -s "$DAEMON_JSON" ] || echo '{}' >"$DAEMON_JSON"
-  jq --arg p "$SHIM" '.runtimes["tarn-runc"] = {path: $p}' "$DAEMON_JSON" >"$DAEMON_JSON.tmp"
-  mv "$DAEMON_JSON.tmp" "$DAEMON_JSON"
-  # dockerd re-reads its runtimes on SIGHUP; running containers are untouched.
-  local pid; pid=$(cat /var/run/docker.pid 2>/dev/null || true)
-  [ -n "$pid" ] && kill -HUP "$pid"
-  local _
-  for _ in $(seq 1 20); do
-    docker info --format '{{json .Runtimes}}' | jq -e 'has("tarn-runc")' >/dev/null && return 0
-    sleep 0.5
-  done
-  die "dockerd did not pick up the tarn-runc runtime from $DAEMON_JSON"
+  [ "$TARN_RUNC_DEFAULT" = 1 ] || return 0
+  [ "$(docker info --format '{{.DefaultRuntime}}')" = tarn-runc ] && return 0
+  # Every container of the engine then goes through the shim; on this
+  # machine it only removes capabilities that could not be granted anyway.
+  log "making tarn-runc docker's default runtime (kind's privileged node containers need it)"
+  daemon_json '.["default-runtime"] = "tarn-runc"'
+  wait_docker_info '{{json .DefaultRuntime}}' '. == "tarn-runc"' ||
+    die "dockerd did not switch its default runtime to tarn-runc ($DAEMON_JSON)"
 }
 
 main() {
