@@ -38,7 +38,7 @@ func (c *cluster) createClaim(t *testing.T, s claimSpec) {
 	pvc := &corev1.PersistentVolumeClaim{
 		ObjectMeta: metav1.ObjectMeta{Name: s.name},
 		Spec: corev1.PersistentVolumeClaimSpec{
-			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOncePod},
+			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
 			StorageClassName: &s.class,
 			VolumeMode:       &mode,
 			DataSource:       s.source,
