@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 IMAGE ?= tarn:$(VERSION)
 GOTEST_FLAGS ?= -count=1 -timeout 40m
 
-.PHONY: all build vet deps test test-vm fuzz unit integration sanity demo image clean
+.PHONY: all build vet deps test test-vm test-race test-kind fuzz unit integration sanity demo image clean
 
 all: build
 
@@ -17,19 +17,32 @@ vet:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags faultinject ./pkg/faults ./cmd/tarn ./test/reliability
 
 # Installs the OS packages the tests use, only when something is missing.
 deps:
 	@bash test/install-deps.sh
 
 # Everything: unit, integration (real loop devices, filesystems, mounts),
-# csi-sanity on reflink and non-reflink pools, a short fuzz run and the
-# benchmark harness at small size (so it cannot rot).
+# csi-sanity on reflink and non-reflink pools, a short fuzz run, the
+# benchmark harness at small size (so it cannot rot), the stress test under
+# the race detector, LVM in the VM, and the e2e tests on a kind cluster.
 test: deps vet
 	$(GO) test $(GOTEST_FLAGS) ./...
 	$(MAKE) fuzz
 	$(MAKE) bench-smoke
+	$(MAKE) test-race
 	$(MAKE) test-vm
+	$(MAKE) test-kind
+
+# The concurrent stress test again, with the race detector.
+test-race:
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m -run 'TestStress$$' ./test/reliability/ -args -stress.duration=15s
+
+# A fresh kind cluster, the e2e tests, and the cluster removed whatever
+# happened (kind-down also fails if anything was left on the host).
+test-kind:
+	@$(MAKE) kind-up && { $(MAKE) e2e; rc=$$?; $(MAKE) kind-down || rc=1; exit $$rc; } || { $(MAKE) kind-down; exit 1; }
 
 # The LVM backend's tests and csi-sanity against it (thin and thick), in the
 # QEMU guest of test/vm: the host kernel has no device-mapper.

@@ -17,6 +17,8 @@ declare -A need=(
   [mount]=mount
   [findmnt]=util-linux
   [make]=make
+  # The race detector (make test-race) needs cgo.
+  [gcc]=gcc
 )
 
 missing=()
