@@ -46,9 +46,11 @@ test-kind:
 
 # The LVM backend's tests and csi-sanity against it (thin and thick), in the
 # QEMU guest of test/vm: the host kernel has no device-mapper.
+# test/lvmfaults kills a faultinject build of tarn at each LVM fault point.
 test-vm: vm-image
-	CGO_ENABLED=0 $(GO) test $(GOTEST_FLAGS) -exec "$(CURDIR)/test/vm/run.sh --" \
-		./pkg/backend/lvm/ ./sanity/
+	CGO_ENABLED=0 $(GO) build -trimpath -tags faultinject -o _output/tarn-faultinject ./cmd/tarn
+	CGO_ENABLED=0 TARN_TEST_FAULT_BINARY=$(CURDIR)/_output/tarn-faultinject $(GO) test $(GOTEST_FLAGS) \
+		-exec "$(CURDIR)/test/vm/run.sh --" ./pkg/backend/lvm/ ./sanity/ ./test/lvmfaults/
 
 # Each fuzz target for FUZZTIME (longer budgets: make fuzz FUZZTIME=10m).
 FUZZTIME ?= 3s
@@ -129,6 +131,12 @@ bench: deps bench-deps build
 # target.
 bench-smoke: deps bench-deps build
 	$(GO) run ./test/bench --tarn bin/tarn --smoke $(BENCH_FLAGS)
+
+# The snapshot-cost rows of an LVM thin pool, measured in the test VM and
+# merged into test/bench/results (run after make bench, which rewrites them).
+.PHONY: bench-vm
+bench-vm: vm-image
+	bash test/bench/lvm-vm.sh
 # ---- end of benchmarks ------------------------------------------------------
 
 # ---- begin: local images (deploy/images; see deploy/images/README.md) -------
@@ -194,4 +202,13 @@ E2E_TIMEOUT ?= 20m
 e2e:
 	TARN_E2E_KUBECONFIG=$(KIND_KUBECONFIG) TARN_E2E_IMAGE=$(E2E_IMAGE) \
 		go test -count=1 -timeout $(E2E_TIMEOUT) -v ./test/e2e/
+
+# Kubernetes' own "External Storage" e2e tests (k8s.io/kubernetes test/e2e,
+# built from the Go module proxy) against the cluster of kind-up, with the
+# test images made locally; see test/k8s-suite/README.md. Runs "ext4 xfs".
+.PHONY: e2e-suite
+E2E_SUITE_PROCS ?= 3
+e2e-suite:
+	@K8S_VERSION=$(KIND_K8S_VERSION) TARN_KIND_CACHE=$(KIND_CACHE) KIND_KUBECONFIG=$(KIND_KUBECONFIG) \
+		K8S_SUITE_PROCS=$(E2E_SUITE_PROCS) bash test/k8s-suite/run.sh
 # ---- end: kind cluster ---------------------------------------------------------

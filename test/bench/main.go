@@ -1,5 +1,6 @@
 // Command bench measures Tarn through its CSI API, talking to a real
-// 'tarn serve' on pools it makes on loop devices: control-plane latency,
+// 'tarn serve' on pools it makes on loop devices (or, with --backend lvm,
+// on a thin pool in a volume group): control-plane latency,
 // throughput of concurrent clients, snapshot and restore cost against data
 // size, fio on a volume against the pool's own filesystem, and behaviour
 // with 1,000 volumes. It writes every figure as JSON and Markdown, plots
@@ -27,13 +28,16 @@ import (
 )
 
 type options struct {
-	tarn     string
-	backend  string
-	smoke    bool
-	out      string
-	workBase string
-	verbose  int
-	only     string
+	tarn        string
+	backend     string
+	volumeGroup string
+	smoke       bool
+	out         string
+	workBase    string
+	verbose     int
+	only        string
+	plot        bool
+	merge       string
 }
 
 // sections lists the measurements, in the order they run; --only picks
@@ -53,13 +57,23 @@ func mainStatus() int {
 	fs.StringVar(&o.out, "out", "", "directory for latest.json, latest.md and snapshot-vs-size.png (smoke: none kept)")
 	fs.StringVar(&o.workBase, "work-dir", os.TempDir(), "where the run's temporary directory (pool images, mounts) goes")
 	fs.IntVar(&o.verbose, "tarn-v", 0, "tarn's log verbosity; above 1 logs every call, which costs time")
-	fs.StringVar(&o.only, "only", "", "comma-separated subset of "+strings.Join(sections(), ","))
+	fs.StringVar(&o.only, "only", "", "comma-separated subset of "+strings.Join(sections(), ",")+" (default: all the backend supports)")
+	fs.StringVar(&o.volumeGroup, "volume-group", os.Getenv("TARN_TEST_VG"), "lvm backend: the volume group to make the thin pool in (default $TARN_TEST_VG, as the test VM sets it)")
+	fs.BoolVar(&o.plot, "plot", true, "draw snapshot-vs-size.png with gnuplot")
+	fs.StringVar(&o.merge, "merge", "", "measure nothing: add the snapshot-vs-size figures, pools and targets of this run's JSON (e.g. an lvm run in the VM) to --out's latest.json, and write the outputs again")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
 	}
 	if err := o.check(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 2
+	}
+	if o.merge != "" {
+		if err := mergeInto(o); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+		return 0
 	}
 	status, err := runBench(o)
 	if err != nil {
@@ -69,6 +83,15 @@ func mainStatus() int {
 }
 
 func (o *options) check() error {
+	if o.merge != "" {
+		if o.out == "" {
+			return errors.New("--merge needs --out, the directory whose latest.json receives the figures")
+		}
+		if _, err := exec.LookPath("gnuplot"); err != nil && o.plot {
+			return errors.New("gnuplot is missing (make bench-deps, or --plot=false)")
+		}
+		return nil
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: it attaches loop devices and mounts filesystems")
 	}
@@ -80,12 +103,29 @@ func (o *options) check() error {
 		return fmt.Errorf("tarn binary %s not found (make build)", abs)
 	}
 	o.tarn = abs
+	b, err := lookupBackend(o.backend, *o)
+	if err != nil {
+		return err
+	}
 	for _, s := range strings.Split(o.only, ",") {
 		if s != "" && !slices.Contains(sections(), s) {
 			return fmt.Errorf("--only: unknown section %q", s)
 		}
+		if s != "" && !b.supports(s) {
+			return fmt.Errorf("--only: the %s backend does not measure %s (it measures %s)", b.Name, s, strings.Join(b.Sections, ","))
+		}
 	}
-	for _, tool := range []string{"fio", "gnuplot", "losetup", "mkfs.xfs", "mkfs.ext4", "cp"} {
+	if o.only == "" && b.Sections != nil {
+		o.only = strings.Join(b.Sections, ",")
+	}
+	tools := b.Tools
+	if o.runs("datapath") {
+		tools = append(tools, "fio")
+	}
+	if o.plot {
+		tools = append(tools, "gnuplot")
+	}
+	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s is missing (make bench-deps)", tool)
 		}
@@ -103,7 +143,7 @@ func runBench(o options) (int, error) {
 	if o.smoke {
 		p = smokeProfile()
 	}
-	b, err := lookupBackend(o.backend)
+	b, err := lookupBackend(o.backend, o)
 	if err != nil {
 		return 2, err
 	}
@@ -157,7 +197,7 @@ func runBench(o options) (int, error) {
 	if out == "" {
 		out = filepath.Join(work, "results")
 	}
-	fail("writing results", writeOutputs(cleanCtx, r, out))
+	fail("writing results", writeOutputs(cleanCtx, r, out, o.plot))
 	fmt.Print(markdown(r))
 	if o.out != "" {
 		fmt.Printf("Results written to %s\n", o.out)
@@ -200,7 +240,11 @@ func runPool(ctx context.Context, o options, p profile, b benchBackend, kind str
 		return err
 	}
 	start := time.Now()
-	pl, err := b.Open(ctx, dir, kind, p.poolImageSize())
+	size := p.poolImageSize()
+	if b.PoolSize != nil {
+		size = b.PoolSize(p)
+	}
+	pl, err := b.Open(ctx, dir, kind, size)
 	if err != nil {
 		return err
 	}

@@ -15,17 +15,31 @@ func markdown(r *report) string {
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	w("### Benchmark results (%s run, %s backend)\n\n", r.Mode, r.Backend)
 	m := r.Machine
-	w("%s, %d cores (%s), %d MiB RAM, kernel %s; tarn %s, %s, %s. Run took %s.\n\n",
+	w("%s, %d cores (%s), %d MiB RAM, kernel %s; %s. Run took %s.\n\n",
 		r.StartedAt.Format("2006-01-02 15:04 MST"), m.Cores, m.CPU, m.MemoryMiB, m.Kernel,
-		m.TarnVersion, m.FioVersion, m.GoVersion, (time.Duration(r.Seconds) * time.Second).String())
+		versions(m), (time.Duration(r.Seconds) * time.Second).String())
 	w("Pools: ")
 	for i, p := range r.Pools {
 		if i > 0 {
 			w("; ")
 		}
-		w("**%s** (%s, reflink %v, `%s` on a %d GiB sparse image on a loop device)", p.Kind, p.Filesystem, p.Reflink, p.Mkfs, p.ImageBytes/gib)
+		if p.Backend == "lvm" {
+			w("**%s** (LVM thin pool of %d GiB in a volume group on %s, `%s`", p.Kind, p.ImageBytes/gib, p.Device, p.Mkfs)
+		} else {
+			w("**%s** (%s, reflink %v, `%s` on a %d GiB sparse image on a loop device", p.Kind, p.Filesystem, p.Reflink, p.Mkfs, p.ImageBytes/gib)
+		}
+		for _, n := range p.Notes {
+			w("; %s", n)
+		}
+		w(")")
 	}
 	w(". Every figure goes through the CSI API of a real `tarn serve` on its unix socket.\n\n")
+	for _, mr := range r.Merged {
+		mm := mr.Machine
+		w("The %s figures come from a separate %s run of the %s backend: %s, %d cores (%s), %d MiB RAM, kernel %s; %s. Run took %s.\n\n",
+			strings.Join(mr.Pools, ", "), mr.Mode, mr.Backend, mr.StartedAt.Format("2006-01-02 15:04 MST"), mm.Cores, mm.CPU,
+			mm.MemoryMiB, mm.Kernel, versions(mm), (time.Duration(mr.Seconds) * time.Second).String())
+	}
 	if r.Mode == "smoke" {
 		w("_Smoke run: every measurement once at toy sizes, to keep the harness working. The figures mean nothing._\n\n")
 	}
@@ -137,6 +151,16 @@ func markdown(r *report) string {
 		w("**Left behind after the run:** %s\n\n", r.Leftovers)
 	}
 	return b.String()
+}
+
+// versions lists tarn's, fio's and Go's versions, leaving out what is
+// unknown (no fio where only the snapshot cost is measured).
+func versions(m machine) string {
+	parts := []string{"tarn " + m.TarnVersion}
+	if m.FioVersion != "" {
+		parts = append(parts, m.FioVersion)
+	}
+	return strings.Join(append(parts, m.GoVersion), ", ")
 }
 
 func dioLabel(v volumeDataPath) string {

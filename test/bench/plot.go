@@ -10,8 +10,8 @@ import (
 
 // plotSnapshotSizes draws median snapshot and restore time against data
 // size, one pair of lines per pool kind, with gnuplot. Both axes are
-// logarithmic: sizes span three decades, and an O(1) reflink and an O(n)
-// copy differ by as much.
+// logarithmic: sizes span three decades, and an O(1) reflink or thin
+// snapshot and an O(n) copy differ by as much.
 func plotSnapshotSizes(ctx context.Context, results []snapshotSizeResult, png string) error {
 	if len(results) == 0 {
 		return nil
@@ -36,12 +36,7 @@ func plotSnapshotSizes(ctx context.Context, results []snapshotSizeResult, png st
 		for _, pt := range r.Points {
 			fmt.Fprintf(&data, "%g %g %g\n", float64(pt.DataBytes)/float64(mib), pt.Snapshot.P50MS, pt.Restore.P50MS)
 		}
-		label := r.Pool
-		if r.Reflink {
-			label += " (reflink)"
-		} else {
-			label += " (copy)"
-		}
+		label := r.Pool + " (" + r.method() + ")"
 		plots = append(plots,
 			fmt.Sprintf("'%s' index %d using 1:2 with linespoints lw 2 pt 7 lc %d title '%s snapshot'",
 				filepath.Join(dir, "data"), i, i+1, label),
@@ -59,7 +54,7 @@ func plotSnapshotSizes(ctx context.Context, results []snapshotSizeResult, png st
 		"set ylabel 'time (ms)'",
 		"set logscale xy",
 		"set grid",
-		"set key top left",
+		"set key center right",
 		"plot " + strings.Join(plots, ", \\\n  "),
 		"",
 	}, "\n")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/moby/sys/mountinfo"
@@ -25,40 +26,84 @@ type pool interface {
 
 // poolInfo describes a pool in the report.
 type poolInfo struct {
-	Kind       string   `json:"kind"`
-	Backend    string   `json:"backend"`
-	Filesystem string   `json:"filesystem"`
-	Mkfs       string   `json:"mkfs"`
-	ImageBytes int64    `json:"image_bytes"`
-	Device     string   `json:"device"`
-	Reflink    bool     `json:"reflink"`
-	Notes      []string `json:"notes,omitempty"`
+	Kind       string `json:"kind"`
+	Backend    string `json:"backend"`
+	Filesystem string `json:"filesystem"`
+	// Mkfs is the command that made the pool (an lvcreate for LVM).
+	Mkfs string `json:"mkfs"`
+	// ImageBytes is the size of the pool's sparse image (loop) or of the
+	// thin pool (LVM).
+	ImageBytes int64  `json:"image_bytes"`
+	Device     string `json:"device"`
+	Reflink    bool   `json:"reflink"`
+	// Snapshots is how the pool's snapshots are made, as the harness
+	// found: "reflink", "copy" or "thin" (LVM thin snapshots).
+	Snapshots string   `json:"snapshots,omitempty"`
+	Notes     []string `json:"notes,omitempty"`
+}
+
+// constantCost says whether snapshots of the pool are expected to cost the
+// same whatever the data: reflinks and thin snapshots share blocks.
+func (p poolInfo) constantCost() bool {
+	return p.Reflink || p.Snapshots == "reflink" || p.Snapshots == "thin"
 }
 
 // benchBackend is what the harness knows about one tarn backend: the kinds
 // of pool it is measured on (the first is the primary one, which every
-// measurement but the snapshot comparison uses) and how to make them. A new
-// backend (LVM) adds a case to lookupBackend and nothing else.
+// measurement but the snapshot comparison uses), how to make them, and
+// which measurements apply. A new backend adds a case to lookupBackend and
+// nothing else.
 type benchBackend struct {
 	Name  string
 	Kinds []string
 	// DirectIOModes are the --direct-io settings the data path is
 	// measured with; nil when the backend has no such switch.
 	DirectIOModes []bool
-	Open          func(ctx context.Context, dir, kind string, size int64) (pool, error)
+	// Sections are the measurements the backend supports; nil is all.
+	Sections []string
+	// Tools are the commands its pools need.
+	Tools []string
+	// PoolSize is how large a pool the profile needs; nil is the
+	// profile's poolImageSize.
+	PoolSize func(profile) int64
+	Open     func(ctx context.Context, dir, kind string, size int64) (pool, error)
 }
 
-func lookupBackend(name string) (benchBackend, error) {
+// supports says whether the backend can run a section.
+func (b benchBackend) supports(section string) bool {
+	return b.Sections == nil || slices.Contains(b.Sections, section)
+}
+
+// lookupBackend returns a backend; o supplies its settings (the LVM
+// volume group).
+func lookupBackend(name string, o options) (benchBackend, error) {
 	switch name {
 	case "loop":
 		return benchBackend{
 			Name:          "loop",
 			Kinds:         []string{"xfs-reflink", "ext4"},
 			DirectIOModes: []bool{true, false},
+			Tools:         []string{"losetup", "mkfs.xfs", "mkfs.ext4", "cp"},
 			Open:          openLoopPool,
 		}, nil
+	case "lvm":
+		// Only the snapshot cost is measured on LVM: it runs in the test
+		// VM (the host kernel has no device-mapper), where emulation
+		// makes absolute latencies meaningless but leaves the ratio of
+		// the largest volume's cost to the smallest's intact.
+		vg := o.volumeGroup
+		return benchBackend{
+			Name:     "lvm",
+			Kinds:    []string{"lvm-thin"},
+			Sections: []string{"snapshot"},
+			Tools:    []string{"lvm"},
+			PoolSize: thinPoolSize,
+			Open: func(ctx context.Context, _, kind string, size int64) (pool, error) {
+				return openLVMPool(ctx, vg, kind, size)
+			},
+		}, nil
 	}
-	return benchBackend{}, fmt.Errorf("backend %q is not supported by the bench yet (supported: loop)", name)
+	return benchBackend{}, fmt.Errorf("backend %q is not supported by the bench (supported: loop, lvm)", name)
 }
 
 // loopPool is a filesystem on a loop device over a sparse image, with the
@@ -116,6 +161,10 @@ func openLoopPool(ctx context.Context, dir, kind string, size int64) (_ pool, er
 		}
 	}
 	p.info.Reflink = supportsReflink(ctx, p.BaselineDir())
+	p.info.Snapshots = "copy"
+	if p.info.Reflink {
+		p.info.Snapshots = "reflink"
+	}
 	if kind == "xfs-reflink" && !p.info.Reflink {
 		return nil, fmt.Errorf("pool %s was made with reflink=1 but cannot clone files", kind)
 	}

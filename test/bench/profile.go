@@ -110,4 +110,14 @@ func (s seconds) MarshalJSON() ([]byte, error) {
 	return json.Marshal(time.Duration(s).Seconds())
 }
 
+// UnmarshalJSON reads what MarshalJSON wrote, for --merge.
+func (s *seconds) UnmarshalJSON(b []byte) error {
+	var f float64
+	if err := json.Unmarshal(b, &f); err != nil {
+		return err
+	}
+	*s = seconds(f * float64(time.Second))
+	return nil
+}
+
 func (s seconds) d() time.Duration { return time.Duration(s) }

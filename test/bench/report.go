@@ -37,6 +37,20 @@ type report struct {
 	// fail, in every mode.
 	Errors    []string  `json:"errors"`
 	Leftovers leftovers `json:"leftovers_after_run"`
+	// Merged are other runs whose snapshot-vs-size figures were added to
+	// this report (bench --merge), e.g. the LVM thin pool measured in the
+	// test VM.
+	Merged []mergedRun `json:"merged_runs,omitempty"`
+}
+
+// mergedRun says where merged figures come from.
+type mergedRun struct {
+	Pools     []string  `json:"pools"`
+	Backend   string    `json:"backend"`
+	Mode      string    `json:"mode"`
+	StartedAt time.Time `json:"started_at"`
+	Seconds   float64   `json:"duration_seconds"`
+	Machine   machine   `json:"machine"`
 }
 
 type machine struct {
@@ -127,16 +141,20 @@ func evaluateTargets(r *report, b benchBackend) []target {
 	if lat {
 		p50 = r.Latency.Calls[callCreateVolume].P50MS
 	}
-	ts = append(ts, newTarget("create-volume-p50", "CreateVolume p50 < 1 ms", "ms", "<", 1, lat, p50))
+	if b.supports("latency") {
+		ts = append(ts, newTarget("create-volume-p50", "CreateVolume p50 < 1 ms", "ms", "<", 1, lat, p50))
+	}
 
 	conc := r.Concurrency != nil
 	var cps, nonSpec float64
 	if conc {
 		cps, nonSpec = r.Concurrency.CallsPerSecond, float64(r.Concurrency.NonSpecErrors)
 	}
-	ts = append(ts,
-		newTarget("concurrent-calls-per-second", "16-way create+delete ≥ 1,000 calls/s", "calls/s", ">=", 1000, conc, cps),
-		newTarget("concurrent-non-spec-errors", "16-way create+delete: no errors outside the CSI spec", "answers", "==", 0, conc, nonSpec))
+	if b.supports("concurrency") {
+		ts = append(ts,
+			newTarget("concurrent-calls-per-second", "16-way create+delete ≥ 1,000 calls/s", "calls/s", ">=", 1000, conc, cps),
+			newTarget("concurrent-non-spec-errors", "16-way create+delete: no errors outside the CSI spec", "answers", "==", 0, conc, nonSpec))
+	}
 
 	for _, kind := range b.Kinds {
 		var sr *snapshotSizeResult
@@ -145,16 +163,15 @@ func evaluateTargets(r *report, b benchBackend) []target {
 				sr = &r.SnapshotSizes[i]
 			}
 		}
-		if sr != nil && !sr.Reflink {
-			continue // the O(1) goal is for reflink pools only
+		if sr != nil && !sr.constantCost() {
+			continue // the O(1) goal is for reflink and thin pools only
 		}
-		ts = append(ts, newTarget("snapshot-restore-ratio-"+kind,
-			fmt.Sprintf("%s: snapshot+restore of the largest volume ≤ 1.5× the smallest", kind),
-			"×", "<=", 1.5, sr != nil, valueOr(sr, func(s *snapshotSizeResult) float64 { return s.Ratios.Total })))
+		ts = append(ts, snapshotTarget(kind, sr))
 	}
-
 	modes := []string{""}
-	if len(b.DirectIOModes) > 0 {
+	if !b.supports("datapath") {
+		modes = nil
+	} else if len(b.DirectIOModes) > 0 {
 		modes = nil
 		for _, m := range b.DirectIOModes {
 			modes = append(modes, fmt.Sprint(m))
@@ -186,11 +203,22 @@ func evaluateTargets(r *report, b benchBackend) []target {
 		ready, rss, list = r.Scale.Ready.P50MS, r.Scale.RSSAfterMiB, r.Scale.ListVolumes.P50MS
 	}
 	n := r.Profile.ScaleObjects
+	if !b.supports("scale") {
+		return ts
+	}
 	ts = append(ts,
 		newTarget("scale-ready", fmt.Sprintf("%d volumes: ready < 1 s", n), "ms", "<", 1000, sc, ready),
 		newTarget("scale-rss", fmt.Sprintf("%d volumes: RSS < 64 MiB", n), "MiB", "<", 64, sc, rss),
 		newTarget("scale-list-volumes", fmt.Sprintf("%d volumes: full ListVolumes < 100 ms", n), "ms", "<", 100, sc, list))
 	return ts
+}
+
+// snapshotTarget is the O(1) goal for a pool whose snapshots share blocks;
+// sr is nil when it was not measured.
+func snapshotTarget(kind string, sr *snapshotSizeResult) target {
+	return newTarget("snapshot-restore-ratio-"+kind,
+		fmt.Sprintf("%s: snapshot+restore of the largest volume ≤ 1.5× the smallest", kind),
+		"×", "<=", 1.5, sr != nil, valueOr(sr, func(s *snapshotSizeResult) float64 { return s.Ratios.Total }))
 }
 
 func valueOr[T any](p *T, f func(*T) float64) float64 {
@@ -200,8 +228,9 @@ func valueOr[T any](p *T, f func(*T) float64) float64 {
 	return f(p)
 }
 
-// writeOutputs writes latest.json, latest.md and the plot into dir.
-func writeOutputs(ctx context.Context, r *report, dir string) error {
+// writeOutputs writes latest.json, latest.md and, when plot is set, the
+// plot into dir.
+func writeOutputs(ctx context.Context, r *report, dir string, plot bool) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
@@ -214,6 +243,9 @@ func writeOutputs(ctx context.Context, r *report, dir string) error {
 	}
 	if err := os.WriteFile(filepath.Join(dir, "latest.md"), []byte(markdown(r)), 0o644); err != nil {
 		return err
+	}
+	if !plot {
+		return nil
 	}
 	return plotSnapshotSizes(ctx, r.SnapshotSizes, filepath.Join(dir, "snapshot-vs-size.png"))
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -15,7 +17,7 @@ func targetByID(ts []target, id string) (target, bool) {
 }
 
 func TestEvaluateTargets(t *testing.T) {
-	b, err := lookupBackend("loop")
+	b, err := lookupBackend("loop", options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +70,7 @@ func TestExitStatus(t *testing.T) {
 }
 
 func TestMarkdownNamesEveryTarget(t *testing.T) {
-	b, _ := lookupBackend("loop")
+	b, _ := lookupBackend("loop", options{})
 	r := &report{Mode: "smoke", Backend: "loop", Profile: smokeProfile()}
 	r.Targets = evaluateTargets(r, b)
 	md := markdown(r)
@@ -80,7 +82,80 @@ func TestMarkdownNamesEveryTarget(t *testing.T) {
 }
 
 func TestUnknownBackend(t *testing.T) {
-	if _, err := lookupBackend("lvm"); err == nil {
-		t.Error("lookupBackend(lvm) succeeded before the LVM backend exists")
+	if _, err := lookupBackend("zfs", options{}); err == nil {
+		t.Error("lookupBackend(zfs) succeeded")
+	}
+}
+
+// The lvm backend measures the snapshot cost only, on a thin pool, which
+// is judged against the O(1) goal like a reflink pool.
+func TestLVMTargets(t *testing.T) {
+	b, err := lookupBackend("lvm", options{volumeGroup: "vg"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &report{Profile: fullProfile(), SnapshotSizes: []snapshotSizeResult{
+		{Pool: "lvm-thin", Method: "thin", Ratios: sizeRatios{Total: 1.1}},
+	}}
+	ts := evaluateTargets(r, b)
+	if len(ts) != 1 || ts[0].ID != "snapshot-restore-ratio-lvm-thin" || !ts[0].Measured || !ts[0].Met {
+		t.Errorf("lvm targets = %+v, want only the met thin-pool ratio", ts)
+	}
+	if got := thinPoolSize(fullProfile()); got != 13*gib {
+		t.Errorf("thin pool for the full profile: %d bytes, want 13 GiB (3 × 4 GiB + 1 GiB)", got)
+	}
+}
+
+// A report survives the trip through JSON (--merge reads one back), and
+// merging another run's snapshot figures adds its pool, figures, target
+// and origin, and replaces them on a second merge.
+func TestMergeRun(t *testing.T) {
+	b, _ := lookupBackend("loop", options{})
+	dst := &report{Schema: reportSchema, Mode: "full", Backend: "loop", Profile: fullProfile(),
+		Pools:         []poolInfo{{Kind: "xfs-reflink", Backend: "loop", Reflink: true}},
+		SnapshotSizes: []snapshotSizeResult{{Pool: "xfs-reflink", Reflink: true, Ratios: sizeRatios{Total: 1}}}}
+	dst.Targets = evaluateTargets(dst, b)
+	data, err := json.Marshal(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back report
+	if err := json.Unmarshal(data, &back); err != nil {
+		t.Fatal(err)
+	}
+	if back.Profile.ConcDuration != dst.Profile.ConcDuration || back.Profile.Deadline != dst.Profile.Deadline {
+		t.Errorf("profile durations after JSON: %v, %v; want %v, %v", back.Profile.ConcDuration.d(), back.Profile.Deadline.d(),
+			dst.Profile.ConcDuration.d(), dst.Profile.Deadline.d())
+	}
+
+	lb, _ := lookupBackend("lvm", options{volumeGroup: "vg"})
+	src := &report{Schema: reportSchema, Mode: "full", Backend: "lvm", Profile: fullProfile(),
+		Pools:         []poolInfo{{Kind: "lvm-thin", Backend: "lvm", Snapshots: "thin"}},
+		SnapshotSizes: []snapshotSizeResult{{Pool: "lvm-thin", Method: "thin", Ratios: sizeRatios{Total: 1.3}}}}
+	src.Targets = evaluateTargets(src, lb)
+	for range 2 {
+		if err := mergeRun(&back, src); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(back.Pools) != 2 || len(back.SnapshotSizes) != 2 || len(back.Merged) != 1 || back.Merged[0].Pools[0] != "lvm-thin" {
+		t.Errorf("after merging twice: pools %+v, figures %d, merged %+v", back.Pools, len(back.SnapshotSizes), back.Merged)
+	}
+	var ids []string
+	for _, tg := range back.Targets {
+		ids = append(ids, tg.ID)
+	}
+	if i := slices.Index(ids, "snapshot-restore-ratio-lvm-thin"); i < 1 || !strings.HasPrefix(ids[i-1], "snapshot-restore-ratio-") || strings.HasPrefix(ids[i+1], "snapshot-") {
+		t.Errorf("targets after merging: %v, want the thin pool's after the other snapshot targets", ids)
+	}
+	md := markdown(&back)
+	for _, want := range []string{"lvm-thin", "LVM thin pool", "separate full run of the lvm backend"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q", want)
+		}
+	}
+	src.Errors = []string{"snapshot: boom"}
+	if err := mergeRun(&back, src); err == nil {
+		t.Error("a failed run was merged")
 	}
 }

@@ -20,11 +20,31 @@ type snapshotSizeResult struct {
 	// Reflink is what the harness found the pool filesystem can do;
 	// TarnReflink what tarn said at start ("true", "false" or "" when its
 	// log did not say).
-	Reflink     bool        `json:"reflink"`
-	TarnReflink string      `json:"tarn_reflink"`
-	Reps        int         `json:"reps"`
-	Points      []sizePoint `json:"points"`
-	Ratios      sizeRatios  `json:"ratio_largest_to_smallest"`
+	Reflink     bool   `json:"reflink"`
+	TarnReflink string `json:"tarn_reflink"`
+	// Method is how the pool makes snapshots: "reflink", "copy" or
+	// "thin" (LVM thin snapshots).
+	Method string      `json:"method,omitempty"`
+	Reps   int         `json:"reps"`
+	Points []sizePoint `json:"points"`
+	Ratios sizeRatios  `json:"ratio_largest_to_smallest"`
+}
+
+// constantCost says whether the pool's snapshots share blocks, so that
+// their cost should not depend on the data.
+func (r snapshotSizeResult) constantCost() bool {
+	return r.Reflink || r.Method == "reflink" || r.Method == "thin"
+}
+
+// method names how the pool snapshots, for reports older than Method.
+func (r snapshotSizeResult) method() string {
+	switch {
+	case r.Method != "":
+		return r.Method
+	case r.Reflink:
+		return "reflink"
+	}
+	return "copy"
 }
 
 // sizeRatios compare medians at the largest and the smallest data size;
@@ -52,11 +72,13 @@ const chunk = 1 << 20
 // snapshotted, so no freeze is measured: only the cost of the data.
 func measureSnapshotSizes(ctx context.Context, s *session, p profile) (res snapshotSizeResult, err error) {
 	info := s.pool.Info()
-	res = snapshotSizeResult{Pool: info.Kind, Reflink: info.Reflink, Reps: p.SnapRepsCopy}
-	if info.Reflink {
+	res = snapshotSizeResult{Pool: info.Kind, Reflink: info.Reflink, Method: info.Snapshots, Reps: p.SnapRepsCopy}
+	if info.constantCost() {
 		res.Reps = p.SnapRepsReflink
 	}
-	res.TarnReflink = logValue(s.tarn.logLine(`"Opened loop pool"`), "reflink")
+	if info.Backend == "loop" {
+		res.TarnReflink = logValue(s.tarn.logLine(`"Opened loop pool"`), "reflink")
+	}
 	var o objects
 	defer func() { err = errors.Join(err, s.cleanup(&o)) }()
 	for _, size := range p.SnapSizes {
@@ -109,6 +131,11 @@ func measureSnapshotSize(ctx context.Context, s *session, o *objects, size int64
 			return pt, err
 		}
 		o.snapshots = append(o.snapshots, sid)
+		if check, ok := s.pool.(snapshotChecker); ok && r == 0 {
+			if err := check.checkSnapshot(ctx, sid); err != nil {
+				return pt, err
+			}
+		}
 		rid, dr, err := c.createVolume(ctx, fmt.Sprintf("%s-restore-%d", name, r), size, blockCap(), fromSnapshot(sid))
 		if err != nil {
 			return pt, err

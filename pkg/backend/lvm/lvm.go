@@ -50,6 +50,7 @@ import (
 
 	"github.com/tarn-csi/tarn/pkg/backend"
 	"github.com/tarn-csi/tarn/pkg/faults"
+	"github.com/tarn-csi/tarn/pkg/freeze"
 	"github.com/tarn-csi/tarn/pkg/fsuuid"
 	lvmcmd "github.com/tarn-csi/tarn/pkg/lvm"
 	"github.com/tarn-csi/tarn/pkg/metrics"
@@ -188,7 +189,8 @@ func (b *Backend) activatePool(ctx context.Context) error {
 // sweep removes Tarn LVs that never got their completion tag: the leftovers
 // of calls cut short by a crash or a restart. Only LVs named like Tarn
 // objects and carrying the owner tag are candidates, so that a stray tag on
-// someone else's LV cannot get it deleted.
+// someone else's LV cannot get it deleted. Complete objects are settled
+// (see settle).
 func (b *Backend) sweep(ctx context.Context) {
 	lvs, err := b.client.LVs(ctx, b.cfg.VolumeGroup)
 	if err != nil {
@@ -196,7 +198,11 @@ func (b *Backend) sweep(ctx context.Context) {
 		return
 	}
 	for _, lv := range lvs {
-		if !lv.HasTag(tagOwner) || lv.HasTag(tagComplete) || !validID(lv.Name) {
+		if !lv.HasTag(tagOwner) || !validID(lv.Name) {
+			continue
+		}
+		if lv.HasTag(tagComplete) {
+			b.settle(ctx, lv)
 			continue
 		}
 		if err := b.client.Remove(ctx, b.cfg.VolumeGroup, lv.Name); err != nil {
@@ -205,6 +211,42 @@ func (b *Backend) sweep(ctx context.Context) {
 		}
 		b.metrics.ReconcilerAction(metrics.ActionIncompleteRemoved)
 		klog.InfoS("Removed leftover LV of an interrupted call", "vg", b.cfg.VolumeGroup, "lv", lv.Name)
+	}
+}
+
+// settle undoes what a driver killed in the middle of a copy (a thick
+// snapshot, or a restore or clone that copies) leaves on the complete
+// objects it copied from. A mounted source volume is frozen for the whole
+// copy: left frozen, its writers hang, and every later snapshot of it fails
+// to freeze it again. A snapshot is activated to be read: left active, it
+// holds a device it never otherwise has. Nothing else freezes a Tarn volume
+// or activates a snapshot, and nothing runs yet at start.
+func (b *Backend) settle(ctx context.Context, lv lvmcmd.LV) {
+	if !lv.Active {
+		return
+	}
+	switch {
+	case backend.ValidVolumeID(lv.Name):
+		mnt, err := freeze.MountpointOf(b.devicePath(lv.Name))
+		if err != nil || mnt == "" {
+			if err != nil {
+				klog.ErrorS(err, "Cannot find where a volume is mounted to thaw it", "lv", lv.Name)
+			}
+			return
+		}
+		// Thawing a filesystem that is not frozen does nothing.
+		if thawed, err := freeze.ThawFrozen(mnt); err != nil {
+			klog.ErrorS(err, "Cannot thaw filesystem of a volume", "lv", lv.Name, "mountpoint", mnt)
+		} else if thawed {
+			b.metrics.ReconcilerAction(metrics.ActionFilesystemThawed)
+			klog.InfoS("Thawed filesystem left frozen by an interrupted snapshot", "lv", lv.Name, "mountpoint", mnt)
+		}
+	case backend.ValidSnapshotID(lv.Name) && !lv.DeviceOpen:
+		if err := b.client.Deactivate(ctx, b.cfg.VolumeGroup, lv.Name); err != nil {
+			klog.ErrorS(err, "Cannot deactivate snapshot left active by an interrupted copy", "lv", lv.Name)
+			return
+		}
+		klog.InfoS("Deactivated snapshot left active by an interrupted copy", "lv", lv.Name)
 	}
 }
 

@@ -72,3 +72,28 @@ func TestSweepCountsRemovedLeftovers(t *testing.T) {
 		t.Errorf("reconciler actions = %v, want %v", rec.actions, want)
 	}
 }
+
+// The sweep deactivates a complete snapshot a killed copy left active,
+// unless something holds it open, and leaves every other LV's activation
+// alone.
+func TestSweepDeactivatesSnapshotsLeftActive(t *testing.T) {
+	lv := func(name, active, open string) string {
+		return fmt.Sprintf(`{"lv_name":%q,"vg_name":"vg","lv_size":"16777216","lv_attr":"-wi-a-----","lv_tags":%q,"segtype":"linear","pool_lv":"","origin":"","data_percent":"","metadata_percent":"","lv_active_locally":%q,"lv_device_open":%q,"lv_skip_activation":"1"}`,
+			name, tagOwner+","+tagComplete, active, open)
+	}
+	left, open, inactive := backend.SnapshotIDFor("left"), backend.SnapshotIDFor("open"), backend.SnapshotIDFor("inactive")
+	s := &scripted{lvs: `{"report":[{"lv":[` + strings.Join([]string{
+		lv(left, "1", "0"), lv(open, "1", "1"), lv(inactive, "0", "0"),
+	}, ",") + `]}]}`}
+	b := &Backend{cfg: Config{VolumeGroup: "vg"}, client: lvmcmd.NewClient(s, time.Minute), metrics: metrics.Nop{}}
+	b.sweep(context.Background())
+	var changed []string
+	for _, cmd := range s.ran {
+		if !strings.HasPrefix(cmd, "lvs ") {
+			changed = append(changed, cmd)
+		}
+	}
+	if want := []string{"lvchange --activate n vg/" + left}; !slices.Equal(changed, want) {
+		t.Errorf("sweep ran %q, want %q", changed, want)
+	}
+}
