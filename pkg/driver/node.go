@@ -80,7 +80,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	// attached before (staged elsewhere, or a retry) is left alone.
 	staged, mountedHere := false, false
 	defer func() {
-		if staged || previous != "" {
+		if staged {
 			return
 		}
 		if mountedHere {
@@ -88,6 +88,9 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 				klog.ErrorS(err, "Cannot unmount after failed stage", "volumeID", id, "stagingPath", staging)
 				return
 			}
+		}
+		if previous != "" {
+			return
 		}
 		if err := d.backend.DetachVolume(ctx, id); err != nil {
 			klog.ErrorS(err, "Cannot detach after failed stage", "volumeID", id)
