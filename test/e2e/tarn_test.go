@@ -213,7 +213,7 @@ func (c *cluster) waitClaimCapacity(t *testing.T, claim, size string) {
 // and waits for the capacity to come back.
 func (c *cluster) checkCapacityFollowsVolumes(t *testing.T, node string) {
 	const class, size = "tarn-ext4", int64(1 << 30)
-	start := c.capacity(t, class, node)
+	start := c.settledCapacity(t, class, node)
 	c.createClaim(t, claimSpec{name: "cap", class: class, size: "1Gi"})
 	c.createPod(t, podSpec{name: "cap-user", claim: "cap", node: node, script: "echo READY; sleep infinity"})
 	c.waitLog(t, "cap-user", "READY")
@@ -239,6 +239,24 @@ func (c *cluster) checkCapacityFollowsVolumes(t *testing.T, node string) {
 	if err != nil {
 		t.Errorf("capacity of %s on %s: %d after deleting the volume, %d before it: %v", class, node, now, start, err)
 	}
+}
+
+// settledCapacity waits until the node's capacity object has caught up
+// with what earlier steps did (the provisioner polls every 5 s): two
+// readings 7 s apart that agree.
+func (c *cluster) settledCapacity(t *testing.T, class, node string) int64 {
+	t.Helper()
+	last := c.capacity(t, class, node)
+	for range 10 {
+		time.Sleep(7 * time.Second)
+		now := c.capacity(t, class, node)
+		if now == last {
+			return now
+		}
+		last = now
+	}
+	t.Fatalf("capacity of %s on %s never settled (last %d)", class, node, last)
+	return 0
 }
 
 // capacity is what the node's CSIStorageCapacity object for class says.
