@@ -80,3 +80,16 @@ func reachable(m *mountinfo.Info) bool {
 	}
 	return stx.Mnt_id == uint64(m.ID)
 }
+
+// ThawDevice thaws the filesystem on devicePath if it is mounted and
+// frozen, for start-up repairs of a freeze that a killed process left:
+// thawed says whether it was frozen, mountpoint where it is mounted ("" when
+// it is not).
+func ThawDevice(devicePath string) (mountpoint string, thawed bool, err error) {
+	mnt, err := MountpointOf(devicePath)
+	if err != nil || mnt == "" {
+		return "", false, err
+	}
+	thawed, err = ThawFrozen(mnt)
+	return mnt, thawed, err
+}

@@ -82,6 +82,14 @@ func (Nop) ReconcilerAction(string) {}
 // FreezeDuration implements Recorder.
 func (Nop) FreezeDuration(time.Duration) {}
 
+// OrNop returns r, or Nop when r is nil.
+func OrNop(r Recorder) Recorder {
+	if r == nil {
+		return Nop{}
+	}
+	return r
+}
+
 // Pool is the part of a backend that the pool metrics read at each scrape;
 // backend.Backend satisfies it.
 type Pool interface {

@@ -116,10 +116,7 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.FreezeTimeout == 0 {
 		cfg.FreezeTimeout = 10 * time.Second
 	}
-	b := &Backend{cfg: cfg, loop: cfg.Loop, uuids: cfg.UUIDs, metrics: cfg.Metrics, faults: faults.OrNop(cfg.Faults)}
-	if b.metrics == nil {
-		b.metrics = metrics.Nop{}
-	}
+	b := &Backend{cfg: cfg, loop: cfg.Loop, uuids: cfg.UUIDs, metrics: metrics.OrNop(cfg.Metrics), faults: faults.OrNop(cfg.Faults)}
 	b.volumes = newRecordCache(func() ([]volumeMeta, error) {
 		return listRecords[volumeMeta](filepath.Join(abs, volumesDir), "volume", backend.ValidVolumeID)
 	})
@@ -222,13 +219,11 @@ func (b *Backend) sweep(ctx context.Context) {
 		// A driver killed while a snapshot held a filesystem frozen leaves
 		// it frozen and its writers hung; thawing one that is not frozen
 		// is harmless.
-		if mnt, err := freeze.MountpointOf(d.Path); err == nil && mnt != "" {
-			if thawed, err := freeze.ThawFrozen(mnt); err != nil {
-				klog.ErrorS(err, "Cannot thaw filesystem of a pool volume", "device", d.Path, "mountpoint", mnt)
-			} else if thawed {
-				b.metrics.ReconcilerAction(metrics.ActionFilesystemThawed)
-				klog.InfoS("Thawed filesystem left frozen by an interrupted snapshot", "device", d.Path, "mountpoint", mnt)
-			}
+		if mnt, thawed, err := freeze.ThawDevice(d.Path); err != nil {
+			klog.ErrorS(err, "Cannot thaw filesystem of a pool volume", "device", d.Path)
+		} else if thawed {
+			b.metrics.ReconcilerAction(metrics.ActionFilesystemThawed)
+			klog.InfoS("Thawed filesystem left frozen by an interrupted snapshot", "device", d.Path, "mountpoint", mnt)
 		}
 		if d.Deleted {
 			if err := b.loop.Detach(d.Path); err != nil {

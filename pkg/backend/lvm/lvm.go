@@ -116,13 +116,10 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.FreezeTimeout == 0 {
 		cfg.FreezeTimeout = 10 * time.Second
 	}
-	b := &Backend{cfg: cfg, client: lvmcmd.NewClient(cfg.Runner, cfg.Timeout), uuids: cfg.UUIDs, metrics: cfg.Metrics,
-		faults: faults.OrNop(cfg.Faults)}
+	b := &Backend{cfg: cfg, client: lvmcmd.NewClient(cfg.Runner, cfg.Timeout), uuids: cfg.UUIDs,
+		metrics: metrics.OrNop(cfg.Metrics), faults: faults.OrNop(cfg.Faults)}
 	if b.uuids == nil {
 		b.uuids = fsuuid.Tool{}
-	}
-	if b.metrics == nil {
-		b.metrics = metrics.Nop{}
 	}
 	switch {
 	case cfg.DefaultType == "" && cfg.ThinPool != "":
@@ -227,16 +224,8 @@ func (b *Backend) settle(ctx context.Context, lv lvmcmd.LV) {
 	}
 	switch {
 	case backend.ValidVolumeID(lv.Name):
-		mnt, err := freeze.MountpointOf(b.devicePath(lv.Name))
-		if err != nil || mnt == "" {
-			if err != nil {
-				klog.ErrorS(err, "Cannot find where a volume is mounted to thaw it", "lv", lv.Name)
-			}
-			return
-		}
-		// Thawing a filesystem that is not frozen does nothing.
-		if thawed, err := freeze.ThawFrozen(mnt); err != nil {
-			klog.ErrorS(err, "Cannot thaw filesystem of a volume", "lv", lv.Name, "mountpoint", mnt)
+		if mnt, thawed, err := freeze.ThawDevice(b.devicePath(lv.Name)); err != nil {
+			klog.ErrorS(err, "Cannot thaw filesystem of a volume", "lv", lv.Name)
 		} else if thawed {
 			b.metrics.ReconcilerAction(metrics.ActionFilesystemThawed)
 			klog.InfoS("Thawed filesystem left frozen by an interrupted snapshot", "lv", lv.Name, "mountpoint", mnt)
