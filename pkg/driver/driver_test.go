@@ -48,25 +48,30 @@ func startDriver(t *testing.T, socket string) (pool string, conn *grpc.ClientCon
 			t.Errorf("socket left behind after stop: %v", err)
 		}
 	})
-	conn, err = grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return pool, dialDriver(t, socket)
+}
+
+// dialDriver connects to the CSI server on socket once it answers.
+func dialDriver(t *testing.T, socket string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { conn.Close() })
 	// Wait for the new server, not for a socket file: a stale one may be
 	// there before the driver replaces it.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		_, err := csi.NewIdentityClient(conn).GetPluginInfo(context.Background(), &csi.GetPluginInfoRequest{})
 		if err == nil {
-			break
+			return conn
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("driver did not answer: %v", err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	t.Cleanup(func() { conn.Close() })
-	return pool, conn
 }
 
 func TestServeReplacesStaleSocketAndRestrictsIt(t *testing.T) {

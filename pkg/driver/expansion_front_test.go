@@ -2,17 +2,13 @@ package driver
 
 import (
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 )
 
@@ -34,7 +30,7 @@ func TestExpansionFrontSteersResizerToNodes(t *testing.T) {
 			t.Errorf("socket left behind after stop: %v", err)
 		}
 	})
-	conn := dialWhenUp(t, socket)
+	conn := dialDriver(t, socket)
 
 	id := csi.NewIdentityClient(conn)
 	info, err := id.GetPluginInfo(ctx, &csi.GetPluginInfoRequest{})
@@ -97,26 +93,4 @@ func TestSocketGroupMayConnect(t *testing.T) {
 	if got := fi.Sys().(*syscall.Stat_t).Gid; got != uint32(gid) {
 		t.Errorf("socket group = %d, want %d", got, gid)
 	}
-}
-
-func dialWhenUp(t *testing.T, socket string) *grpc.ClientConn {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		c, err := net.Dial("unix", socket)
-		if err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("front did not listen: %v", err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return conn
 }
