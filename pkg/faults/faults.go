@@ -62,11 +62,11 @@ var known = []Point{
 	{"create-volume.after-data-file", Loop},     // empty data.img
 	{"create-volume.before-clone", Loop},        // source quiesced, nothing copied
 	{"create-volume.after-clone", Loop},         // data reflinked or copied, not sized
-	{"create-volume.after-size", Loop},          // data.img sized and fsynced
+	{"create-volume.after-size", Loop},          // data.img sized
 	{"create-volume.during-log-replay", Loop},   // clone's XFS mounted in .staging to replay its log
 	{"create-volume.after-uuid", Loop},          // clone has its own filesystem UUID
-	{"create-volume.after-meta", Loop},          // meta.json written and fsynced
-	{"create-volume.before-publish", Loop},      // staging directory fsynced, not renamed
+	{"create-volume.after-meta", Loop},          // record written
+	{"create-volume.before-publish", Loop},      // staging directory durable, not renamed
 	{"create-volume.after-publish", Loop},       // renamed into volumes/, parent not fsynced
 	{"create-volume.after-lvcreate", LVM},       // LV made, tags but tarn.complete
 	{"create-volume.before-complete", LVM},      // LV filled, not tagged complete
@@ -75,8 +75,8 @@ var known = []Point{
 	{"create-snapshot.before-clone", Loop},      // source frozen (when mounted), nothing copied
 	{"create-snapshot.after-clone", Loop},       // data cloned, source still frozen
 	{"create-snapshot.after-thaw", Loop},        // source thawed
-	{"create-snapshot.after-meta", Loop},        // meta.json written and fsynced
-	{"create-snapshot.before-publish", Loop},    // staging directory fsynced, not renamed
+	{"create-snapshot.after-meta", Loop},        // record written
+	{"create-snapshot.before-publish", Loop},    // staging directory durable, not renamed
 	{"create-snapshot.after-publish", Loop},     // renamed into snapshots/
 	{"create-snapshot.after-lvcreate", LVM},     // LV made, tags but tarn.complete
 	{"create-snapshot.before-complete", LVM},    // LV filled, not tagged complete

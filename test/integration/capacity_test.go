@@ -65,8 +65,24 @@ func TestCapacity(t *testing.T) {
 	a := e.use(t, id, "ext4")
 	writeRandomFile(t, a.path("data"), 64*MiB)
 	e.release(t, a)
-	if used := e.capacity(t); used < afterCreate-capacitySlack || used > afterCreate+capacitySlack {
+	used := e.capacity(t)
+	if used < afterCreate-capacitySlack || used > afterCreate+capacitySlack {
 		t.Errorf("available capacity moved from %d to %d bytes when data was written into a volume", afterCreate, used)
+	}
+	// The filled blocks count once, against free space and no longer
+	// against the volume's promise: (nearly) all that GetCapacity reports
+	// can be had, which is more than free space minus every volume's size.
+	_, err = e.tryCreateVolume(t, volumeRequest("rest-and-more", "ext4", used+MiB, nil))
+	wantCode(t, err, codes.ResourceExhausted, "CreateVolume of one MiB more than GetCapacity reported")
+	rest := e.createVolume(t, "rest", "ext4", used-capacitySlack, nil).GetVolumeId()
+	if left := e.capacity(t); left > 2*capacitySlack {
+		t.Errorf("GetCapacity after a volume of all that was available: %d bytes, want about 0", left)
+	}
+	ctx, cancel = callCtx()
+	_, err = e.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: rest})
+	cancel()
+	if err != nil {
+		t.Fatalf("DeleteVolume: %v", err)
 	}
 
 	ctx, cancel = callCtx()

@@ -366,7 +366,7 @@ func (c *crasher) objectPhase(kind, id string) string {
 
 // expandPhase says how far an expansion from size got.
 func (c *crasher) expandPhase(id string, size int64) string {
-	b, err := os.ReadFile(filepath.Join(c.e.pool, "volumes", id, "meta.json"))
+	b, err := testpool.ReadRecord(filepath.Join(c.e.pool, "volumes", id))
 	var meta struct {
 		SizeBytes int64 `json:"sizeBytes"`
 	}

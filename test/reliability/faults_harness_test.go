@@ -47,16 +47,16 @@ var phaseAtKill = map[string]string{
 	"create-volume.after-size":          "absent+in .staging: [data.img]",
 	"create-volume.during-log-replay":   "absent+in .staging+mounted in the pool+loop device on a half-made file: [data.img replay-*]",
 	"create-volume.after-uuid":          "absent+in .staging: [data.img]",
-	"create-volume.after-meta":          "absent+in .staging: [data.img meta.json]",
-	"create-volume.before-publish":      "absent+in .staging: [data.img meta.json]",
+	"create-volume.after-meta":          "absent+in .staging: [data.img record]",
+	"create-volume.before-publish":      "absent+in .staging: [data.img record]",
 	"create-volume.after-publish":       "complete: []",
 	"create-snapshot.after-staging-dir": "absent+in .staging: []",
 	"create-snapshot.after-data-file":   "absent+in .staging: [data.img(empty)]",
 	"create-snapshot.before-clone":      "absent+in .staging: [data.img(empty)]",
 	"create-snapshot.after-clone":       "absent+in .staging: [data.img]",
 	"create-snapshot.after-thaw":        "absent+in .staging: [data.img]",
-	"create-snapshot.after-meta":        "absent+in .staging: [data.img meta.json]",
-	"create-snapshot.before-publish":    "absent+in .staging: [data.img meta.json]",
+	"create-snapshot.after-meta":        "absent+in .staging: [data.img record]",
+	"create-snapshot.before-publish":    "absent+in .staging: [data.img record]",
 	"create-snapshot.after-publish":     "complete: []",
 	"delete-volume.before-trash":        "complete+in .trash",
 	"delete-volume.after-trash":         "absent+in .trash",
@@ -133,6 +133,9 @@ func (r *faultRun) stagingContents() string {
 			}
 			names = append(names, name)
 		}
+		if testpool.HasRecordXattr(filepath.Join(r.e.pool, ".staging", entry)) {
+			names = append(names, "record")
+		}
 	}
 	return fmt.Sprintf(": %v", names)
 }
@@ -185,7 +188,7 @@ func (r *faultRun) checkAccounting() {
 	reserved := func() int64 {
 		var sum int64
 		for _, id := range e.poolEntries(t, "volumes") {
-			b, err := os.ReadFile(filepath.Join(e.pool, "volumes", id, "meta.json"))
+			b, err := testpool.ReadRecord(filepath.Join(e.pool, "volumes", id))
 			var m record
 			if err == nil {
 				err = json.Unmarshal(b, &m)

@@ -55,6 +55,21 @@ func (c *recordCache[T]) all() ([]T, error) {
 	return out, nil
 }
 
+// sum adds up f over every record, in no order: what capacity checks need,
+// without all's copy and sort.
+func (c *recordCache[T]) sum(f func(T) int64) (int64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.ensureLoaded(); err != nil {
+		return 0, err
+	}
+	var total int64
+	for _, m := range c.records {
+		total += f(m)
+	}
+	return total, nil
+}
+
 // put records a created or changed object. Before the first load there is
 // nothing to update: the load will read it from disk.
 func (c *recordCache[T]) put(m T) {

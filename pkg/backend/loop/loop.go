@@ -4,8 +4,12 @@
 //
 // Layout of a pool:
 //
-//	volumes/<id>/data.img, meta.json    complete volumes
-//	snapshots/<id>/data.img, meta.json  complete snapshots
+//	volumes/<id>/data.img    complete volumes
+//	snapshots/<id>/data.img  complete snapshots
+//
+// An object's record is an xattr of its directory (meta.json beside the
+// data where the filesystem cannot hold it).
+//
 //	.staging/                           objects being created
 //	.trash/                             objects being deleted
 //
@@ -83,14 +87,18 @@ type UUIDRegenerator interface {
 // in-memory record caches are rebuilt from the pool at start, and whether a
 // volume is attached is always asked of the kernel.
 type Backend struct {
-	cfg       Config
-	loop      loopdev.Interface
-	uuids     UUIDRegenerator
-	metrics   metrics.Recorder
-	faults    faults.Injector
-	reflink   bool
-	volumes   *recordCache[volumeMeta]
-	snapshots *recordCache[snapshotMeta]
+	cfg     Config
+	loop    loopdev.Interface
+	uuids   UUIDRegenerator
+	metrics metrics.Recorder
+	faults  faults.Injector
+	reflink bool
+	// orderedLog is set on XFS, whose metadata log is always on and
+	// commits in order: forcing it for a rename also commits every earlier
+	// change, so a staging directory needs no fsync of its own.
+	orderedLog bool
+	volumes    *recordCache[volumeMeta]
+	snapshots  *recordCache[snapshotMeta]
 	// attachMu serialises loop attach/detach so that two volumes racing
 	// for the same free loop device cannot both see "not attached" for one
 	// file; per-volume locking is the driver's job.
@@ -141,8 +149,12 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		}
 		b.reflink = ok
 	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(abs, &st); err == nil {
+		b.orderedLog = st.Type == unix.XFS_SUPER_MAGIC
+	}
 	b.sweep(ctx)
-	klog.InfoS("Opened loop pool", "pool", abs, "reflink", b.reflink, "directIO", cfg.DirectIO)
+	klog.InfoS("Opened loop pool", "pool", abs, "reflink", b.reflink, "directIO", cfg.DirectIO, "orderedLog", b.orderedLog)
 	return b, nil
 }
 

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tarn-csi/tarn/pkg/backend"
 	"github.com/tarn-csi/tarn/pkg/loopdev"
 )
@@ -251,7 +253,7 @@ func TestCorruptMetadataHidesOnlyThatVolume(t *testing.T) {
 		}
 		ids = append(ids, v.ID)
 	}
-	if err := os.WriteFile(filepath.Join(dir, volumesDir, ids[1], metaFile), []byte("{garbage"), 0o600); err != nil {
+	if err := unix.Setxattr(filepath.Join(dir, volumesDir, ids[1]), recordXattr, []byte("{garbage"), unix.XATTR_REPLACE); err != nil {
 		t.Fatal(err)
 	}
 	// Records are cached once read; a restart reads the damaged file.

@@ -1,6 +1,7 @@
 package loop
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
 	"github.com/tarn-csi/tarn/pkg/atomicfile"
@@ -17,8 +19,8 @@ import (
 // metaVersion is bumped when the on-disk format changes incompatibly.
 const metaVersion = 1
 
-// volumeMeta is the on-disk record of a volume, one small file per volume
-// so that a damaged record can only ever cost that one volume.
+// volumeMeta is the on-disk record of a volume, one per volume (see
+// recordXattr) so that a damaged record can only ever cost that one volume.
 type volumeMeta struct {
 	Version          int               `json:"version"`
 	ID               string            `json:"id"`
@@ -70,28 +72,57 @@ func (m snapshotMeta) snapshot() backend.Snapshot {
 	}
 }
 
+// recordXattr names the extended attribute of an object's directory that
+// holds its record. Setting an xattr is one journaled update of the
+// directory's inode, with no data block to write and flush first: on XFS,
+// whose log commits in order, the fsync of the parent after the publishing
+// rename makes the record durable together with the rename (one flush per
+// CreateVolume, where meta.json needed three fsyncs). meta.json remains the
+// fallback where the pool cannot hold the xattr, and is read from pools
+// that an older Tarn made.
+const recordXattr = "user.tarn.record"
+
+// writeMeta replaces the record of a published object durably: in place
+// where it is an xattr (a replace is atomic), else by a new meta.json
+// renamed over the old one.
 func writeMeta(dir string, v any) error {
-	data, err := json.MarshalIndent(v, "", "  ")
+	data, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("encode metadata: %w", err)
 	}
-	return atomicfile.WriteFile(filepath.Join(dir, metaFile), data, 0o600)
+	switch err := unix.Setxattr(dir, recordXattr, data, unix.XATTR_REPLACE); {
+	case err == nil:
+		// An fsync of the directory persists its inode, xattrs included.
+		return atomicfile.SyncDir(dir)
+	case !errors.Is(err, unix.ENODATA):
+		return fmt.Errorf("replace record of %s: %w", filepath.Base(dir), err)
+	}
+	return atomicfile.WriteFile(filepath.Join(dir, metaFile), indent(data), 0o600)
 }
 
 // writeNewMeta writes the record of an object still in its staging
 // directory: nothing can see it yet, so it needs no temporary file and
-// rename, only an fsync; buildObject syncs the directory before publishing.
+// rename. buildObject makes it durable before publishing, or with the
+// publishing rename where the pool's log is ordered.
 func writeNewMeta(dir string, v any) error {
-	data, err := json.MarshalIndent(v, "", "  ")
+	data, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("encode metadata: %w", err)
 	}
+	err = unix.Setxattr(dir, recordXattr, data, unix.XATTR_CREATE)
+	if err == nil {
+		return nil
+	}
+	if !xattrRefused(err) {
+		return fmt.Errorf("set record of %s: %w", filepath.Base(dir), err)
+	}
+	klog.V(4).InfoS("Pool cannot hold the record as an xattr, writing meta.json", "dir", dir, "err", err)
 	f, err := os.OpenFile(filepath.Join(dir, metaFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("create metadata: %w", err)
 	}
 	defer f.Close()
-	if _, err := f.Write(data); err != nil {
+	if _, err := f.Write(indent(data)); err != nil {
 		return fmt.Errorf("write metadata: %w", err)
 	}
 	if err := f.Sync(); err != nil {
@@ -100,16 +131,64 @@ func writeNewMeta(dir string, v any) error {
 	return f.Close()
 }
 
-// readMeta decodes an object's record; a missing directory is ErrNotFound.
+// xattrRefused tells the errors of a filesystem that cannot hold the record
+// as an xattr (none at all, or not one this large) from real failures.
+func xattrRefused(err error) bool {
+	for _, e := range []error{unix.ENOTSUP, unix.E2BIG, unix.ERANGE, unix.ENOSPC, unix.EPERM, unix.EACCES} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// indent makes meta.json readable by a person; the xattr stays compact.
+func indent(data []byte) []byte {
+	var out bytes.Buffer
+	if json.Indent(&out, data, "", "  ") != nil {
+		return data
+	}
+	return out.Bytes()
+}
+
+// readMeta decodes an object's record, from its xattr or else its
+// meta.json; a missing directory is ErrNotFound.
 func readMeta(dir string, v any) error {
-	data, err := os.ReadFile(filepath.Join(dir, metaFile))
-	if errors.Is(err, os.ErrNotExist) {
+	data, err := readRecordXattr(dir)
+	switch {
+	case errors.Is(err, unix.ENOENT):
 		return fmt.Errorf("%w: %s", backend.ErrNotFound, filepath.Base(dir))
+	case errors.Is(err, unix.ENODATA), errors.Is(err, unix.ENOTSUP):
+		data, err = os.ReadFile(filepath.Join(dir, metaFile))
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("%w: %s", backend.ErrNotFound, filepath.Base(dir))
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("read metadata of %s: %w", filepath.Base(dir), err)
 	}
 	return decodeMeta(data, v)
+}
+
+// readRecordXattr reads the record xattr whatever its size; a replace
+// between asking the size and reading (ERANGE) is read again.
+func readRecordXattr(dir string) ([]byte, error) {
+	for range 3 {
+		size, err := unix.Getxattr(dir, recordXattr, nil)
+		if err != nil {
+			return nil, err
+		}
+		buf := make([]byte, size)
+		n, err := unix.Getxattr(dir, recordXattr, buf)
+		if errors.Is(err, unix.ERANGE) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return buf[:n], nil
+	}
+	return nil, fmt.Errorf("record xattr of %s keeps changing size", filepath.Base(dir))
 }
 
 // decodeMeta parses a record strictly: an unknown field or version means the

@@ -168,8 +168,10 @@ func (b *Backend) buildObject(ctx context.Context, op, id, parent string, fill f
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := atomicfile.SyncDir(dir); err != nil {
-		return err
+	if !b.orderedLog {
+		if err := atomicfile.SyncDir(dir); err != nil {
+			return err
+		}
 	}
 	b.point(op, "before-publish")
 	final := filepath.Join(b.cfg.PoolDir, parent, id)
@@ -200,22 +202,22 @@ func (b *Backend) fillData(ctx context.Context, path string, src *source, size i
 	if err := f.Truncate(size); err != nil {
 		return "", fmt.Errorf("size data file: %w", err)
 	}
-	// A blank volume's only state is its size, which every attach and
-	// expansion restores from the record (ensureFileSize); only copied
-	// data needs an fsync of its own.
-	if src != nil {
-		if err := f.Sync(); err != nil {
-			return "", fmt.Errorf("fsync data file: %w", err)
-		}
-	}
 	b.point(opCreateVolume, "after-size")
-	if src != nil {
-		// A clone carries its origin's filesystem UUID; two mounted XFS
-		// with one UUID refuse to coexist, so give the copy its own.
-		if err := b.uuids.Regenerate(ctx, path); err != nil {
-			klog.InfoS("Cannot give clone a new filesystem UUID; xfs mounts use nouuid", "path", path, "err", err)
-		}
-		b.point(opCreateVolume, "after-uuid")
+	if src == nil {
+		// A blank volume's only state is its size, which every attach and
+		// expansion restores from the record (ensureFileSize).
+		return method, nil
+	}
+	// A clone carries its origin's filesystem UUID; two mounted XFS with
+	// one UUID refuse to coexist, so give the copy its own.
+	if err := b.uuids.Regenerate(ctx, path); err != nil {
+		klog.InfoS("Cannot give clone a new filesystem UUID; xfs mounts use nouuid", "path", path, "err", err)
+	}
+	b.point(opCreateVolume, "after-uuid")
+	// Copied data and the new UUID are file data, which no metadata log
+	// orders before the publishing rename.
+	if err := f.Sync(); err != nil {
+		return "", fmt.Errorf("fsync data file: %w", err)
 	}
 	return method, nil
 }
