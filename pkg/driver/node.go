@@ -98,6 +98,9 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	}()
 	if req.GetVolumeCapability().GetBlock() != nil {
 		// A block volume is published straight from its device.
+		if err := refuseRawUnderFilesystem(device, id); err != nil {
+			return nil, err
+		}
 		staged = true
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
@@ -258,7 +261,11 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	}
 	block := req.GetVolumeCapability().GetBlock() != nil
 	source := device
-	if !block {
+	if block {
+		if err := refuseRawUnderFilesystem(device, id); err != nil {
+			return nil, err
+		}
+	} else {
 		if ok, err := isMountPoint(d.mounter, staging); err != nil || !ok {
 			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not mounted at staging path %s", id, staging)
 		}
@@ -295,6 +302,21 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	}
 	klog.InfoS("Published volume", "volumeID", id, "targetPath", target, "block", block, "readonly", req.GetReadonly())
 	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// refuseRawUnderFilesystem keeps a volume staged for mount access from
+// being handed out as a raw device too: writes beside a mounted filesystem
+// corrupt it, and the block stage would make an unstage that cannot undo
+// the mount.
+func refuseRawUnderFilesystem(device, id string) error {
+	mounts, err := filesystemMounts(device)
+	if err != nil {
+		return status.Errorf(codes.Internal, "%v", err)
+	}
+	if len(mounts) > 0 {
+		return status.Errorf(codes.FailedPrecondition, "volume %s is staged with a filesystem mounted at %s; it cannot be used for block access too", id, mounts[0])
+	}
+	return nil
 }
 
 // alreadyMounted makes stage and publish idempotent: true when path already

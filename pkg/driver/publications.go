@@ -87,22 +87,45 @@ func publications(device string, except ...string) ([]string, error) {
 	return out, nil
 }
 
+// filesystemMounts lists where device's filesystem is mounted: its staging
+// mount and the binds of it, not device nodes bound onto files.
+func filesystemMounts(device string) ([]string, error) {
+	mounts, err := mountsOfFilesystem(device, func(*mountinfo.Info) bool { return true })
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, m := range mounts {
+		out = append(out, m.Mountpoint)
+	}
+	return out, nil
+}
+
+func mountsOfFilesystem(device string, keep func(*mountinfo.Info) bool) ([]*mountinfo.Info, error) {
+	rdev, err := deviceNumber(device)
+	if err != nil {
+		return nil, err
+	}
+	major, minor := int(unix.Major(rdev)), int(unix.Minor(rdev))
+	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
+		return m.Major != major || m.Minor != minor || !keep(m), false
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read mount table: %w", err)
+	}
+	return mounts, nil
+}
+
 // writableMountOf returns a mount of device's filesystem that is writable
 // (neither the mount nor the superblock read-only): the first of preferred
 // that qualifies, else any; "" when there is none.
 func writableMountOf(device string, preferred ...string) (string, error) {
-	rdev, err := deviceNumber(device)
-	if err != nil {
-		return "", err
-	}
-	major, minor := int(unix.Major(rdev)), int(unix.Minor(rdev))
-	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
-		readOnly := slices.Contains(strings.Split(m.Options, ","), "ro") ||
-			slices.Contains(strings.Split(m.VFSOptions, ","), "ro")
-		return m.Major != major || m.Minor != minor || readOnly, false
+	mounts, err := mountsOfFilesystem(device, func(m *mountinfo.Info) bool {
+		return !slices.Contains(strings.Split(m.Options, ","), "ro") &&
+			!slices.Contains(strings.Split(m.VFSOptions, ","), "ro")
 	})
 	if err != nil {
-		return "", fmt.Errorf("read mount table: %w", err)
+		return "", err
 	}
 	var writable []string
 	for _, m := range mounts {
