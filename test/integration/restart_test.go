@@ -14,13 +14,14 @@ import (
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
+	"github.com/tarn-csi/tarn/test/harness"
 	"github.com/tarn-csi/tarn/test/testpool"
 )
 
 // serveProcess is one run of `tarn serve`.
 type serveProcess struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *harness.LogBuffer
 	done chan struct{}
 	err  error // what Wait returned, once done is closed
 }
@@ -33,7 +34,7 @@ func (e *env) serve(t *testing.T) {
 	if !first && !e.proc.exited() {
 		t.Fatal("serve: the previous tarn process is still running")
 	}
-	p := &serveProcess{out: &syncBuffer{}, done: make(chan struct{})}
+	p := &serveProcess{out: &harness.LogBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(tarnBinary, "serve",
 		"--endpoint=unix://"+e.sock, "--node-id="+nodeID, "--pool-dir="+e.pool, "-v=2")
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out

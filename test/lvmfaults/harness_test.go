@@ -1,7 +1,6 @@
 package lvmfaults
 
 import (
-	"bytes"
 	"context"
 	crand "crypto/rand"
 	"crypto/sha256"
@@ -18,7 +17,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -33,6 +31,7 @@ import (
 
 	"github.com/tarn-csi/tarn/pkg/backend"
 	lvmcmd "github.com/tarn-csi/tarn/pkg/lvm"
+	"github.com/tarn-csi/tarn/test/harness"
 )
 
 const (
@@ -265,7 +264,7 @@ func (e *env) name(base string) string { return filepath.Base(e.path(base)) }
 // tarnProcess is one run of `tarn serve`.
 type tarnProcess struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *harness.LogBuffer
 	done chan struct{}
 	err  error // what Wait returned, once done is closed
 }
@@ -282,7 +281,7 @@ func (e *env) serve(environ ...string) {
 	if e.proc != nil && !e.proc.exited() {
 		t.Fatal("serve: the previous tarn process is still running")
 	}
-	p := &tarnProcess{out: &syncBuffer{}, done: make(chan struct{})}
+	p := &tarnProcess{out: &harness.LogBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(e.binary, "serve", "--backend=lvm", "--volume-group="+e.vg, "--thin-pool="+poolName,
 		"--endpoint=unix://"+e.sock, "--node-id="+nodeID, "-v=2")
 	p.cmd.Dir = e.work
@@ -990,29 +989,6 @@ func holdsOpen(pid int, dev string) bool {
 }
 
 // ---- logs --------------------------------------------------------------------
-
-// syncBuffer is a buffer the copier of a child's output writes while the
-// test reads it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// Since returns what was written after offset.
-func (b *syncBuffer) Since(offset int) string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if offset > b.buf.Len() {
-		offset = 0
-	}
-	return string(b.buf.Bytes()[offset:])
-}
 
 // tail returns the last n lines of s.
 func tail(s string, n int) string {

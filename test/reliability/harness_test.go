@@ -31,6 +31,7 @@ import (
 	"github.com/tarn-csi/tarn/pkg/backend/loop"
 	"github.com/tarn-csi/tarn/pkg/driver"
 	"github.com/tarn-csi/tarn/pkg/metrics"
+	"github.com/tarn-csi/tarn/test/harness"
 	"github.com/tarn-csi/tarn/test/testpool"
 )
 
@@ -200,7 +201,7 @@ func (e *env) probe() error {
 // tarnProcess is one run of `tarn serve`.
 type tarnProcess struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *harness.LogBuffer
 	done chan struct{}
 	err  error // what Wait returned, once done is closed
 }
@@ -224,7 +225,7 @@ func (e *env) serveWith(t *testing.T, dir string, environ ...string) {
 	if binary == "" {
 		binary = tarnBinary
 	}
-	p := &tarnProcess{out: &syncBuffer{}, done: make(chan struct{})}
+	p := &tarnProcess{out: &harness.LogBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(binary, "serve", "--endpoint=unix://"+e.sock, "--node-id="+nodeID,
 		"--pool-dir="+e.pool, "-v=2")
 	p.cmd.Dir = dir

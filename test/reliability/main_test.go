@@ -1,12 +1,9 @@
 package reliability
 
 import (
-	"bytes"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,8 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/klog/v2"
-
+	"github.com/tarn-csi/tarn/test/harness"
 	"github.com/tarn-csi/tarn/test/testpool"
 )
 
@@ -89,7 +85,7 @@ func faultTarn(t *testing.T) string {
 	faultBinary.once.Do(func() {
 		start := time.Now()
 		faultBinary.path = filepath.Join(filepath.Dir(tarnBinary), "tarn-faultinject")
-		faultBinary.err = buildTarn(faultBinary.path, "faultinject")
+		faultBinary.err = harness.BuildTarn(faultBinary.path, "faultinject")
 		t.Logf("built %s in %v", faultBinary.path, time.Since(start).Round(time.Millisecond))
 	})
 	if faultBinary.err != nil {
@@ -100,7 +96,7 @@ func faultTarn(t *testing.T) string {
 
 // driverLog collects what the in-process driver logs, printed only for a
 // failing test.
-var driverLog syncBuffer
+var driverLog harness.LogBuffer
 
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
@@ -110,7 +106,7 @@ func TestMain(m *testing.M) {
 // os.Exit.
 func run(m *testing.M) int {
 	flag.Parse()
-	if err := routeKlog(&driverLog); err != nil {
+	if err := harness.RouteKlog(&driverLog); err != nil {
 		fmt.Fprintf(os.Stderr, "reliability: %v\n", err)
 		return 1
 	}
@@ -126,81 +122,11 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	tarnBinary = filepath.Join(dir, "tarn")
-	if err := buildTarn(tarnBinary); err != nil {
+	if err := harness.BuildTarn(tarnBinary); err != nil {
 		fmt.Fprintf(os.Stderr, "reliability: %v\n", err)
 		return 1
 	}
 	return testpool.RunWithLeakCheck(m)
-}
-
-// routeKlog sends klog to w only, once per line, and never to files.
-func routeKlog(w *syncBuffer) error {
-	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
-	klog.InitFlags(fs)
-	for name, value := range map[string]string{
-		"logtostderr": "false", "alsologtostderr": "false", "one_output": "true",
-		"stderrthreshold": "FATAL", "v": "2",
-	} {
-		if err := fs.Set(name, value); err != nil {
-			return fmt.Errorf("klog flag %s: %w", name, err)
-		}
-	}
-	klog.SetOutput(w)
-	return nil
-}
-
-// buildTarn builds ./cmd/tarn of the module under test, located through go
-// env GOMOD so that the tests run from any directory, with the build tags
-// given.
-func buildTarn(out string, tags ...string) error {
-	gomod, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return fmt.Errorf("go env GOMOD: %w", err)
-	}
-	mod := strings.TrimSpace(string(gomod))
-	if mod == "" || mod == os.DevNull {
-		return errors.New("go env GOMOD: not inside a module")
-	}
-	args := []string{"build", "-o", out}
-	if len(tags) > 0 {
-		args = append(args, "-tags", strings.Join(tags, ","))
-	}
-	cmd := exec.Command("go", append(args, "./cmd/tarn")...)
-	cmd.Dir = filepath.Dir(mod)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build ./cmd/tarn: %w\n%s", err, b)
-	}
-	return nil
-}
-
-// syncBuffer is a buffer that goroutines of the driver, or the copier of a
-// child's output, write while a test reads it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// Len is an offset for a later Since.
-func (b *syncBuffer) Len() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Len()
-}
-
-// Since returns what was written after offset.
-func (b *syncBuffer) Since(offset int) string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if offset > b.buf.Len() {
-		offset = 0
-	}
-	return string(b.buf.Bytes()[offset:])
 }
 
 // showDriverLogOnFailure prints the in-process driver's log lines of this
