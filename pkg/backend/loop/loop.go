@@ -97,8 +97,11 @@ type Backend struct {
 	// commits in order: forcing it for a rename also commits every earlier
 	// change, so a staging directory needs no fsync of its own.
 	orderedLog bool
-	volumes    *recordCache[volumeMeta]
-	snapshots  *recordCache[snapshotMeta]
+	// setxattr is unix.Setxattr; a unit test stands in a filesystem that
+	// cannot hold the record as an xattr.
+	setxattr  func(path, attr string, data []byte, flags int) error
+	volumes   *recordCache[volumeMeta]
+	snapshots *recordCache[snapshotMeta]
 	// attachMu serialises loop attach/detach so that two volumes racing
 	// for the same free loop device cannot both see "not attached" for one
 	// file; per-volume locking is the driver's job.
@@ -124,7 +127,7 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.FreezeTimeout == 0 {
 		cfg.FreezeTimeout = 10 * time.Second
 	}
-	b := &Backend{cfg: cfg, loop: cfg.Loop, uuids: cfg.UUIDs, metrics: metrics.OrNop(cfg.Metrics), faults: faults.OrNop(cfg.Faults)}
+	b := &Backend{cfg: cfg, loop: cfg.Loop, uuids: cfg.UUIDs, metrics: metrics.OrNop(cfg.Metrics), faults: faults.OrNop(cfg.Faults), setxattr: unix.Setxattr}
 	b.volumes = newRecordCache(func() ([]volumeMeta, error) {
 		return listRecords[volumeMeta](filepath.Join(abs, volumesDir), "volume", backend.ValidVolumeID)
 	})

@@ -85,16 +85,18 @@ const recordXattr = "user.tarn.record"
 // writeMeta replaces the record of a published object durably: in place
 // where it is an xattr (a replace is atomic), else by a new meta.json
 // renamed over the old one.
-func writeMeta(dir string, v any) error {
+func (b *Backend) writeMeta(dir string, v any) error {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("encode metadata: %w", err)
 	}
-	switch err := unix.Setxattr(dir, recordXattr, data, unix.XATTR_REPLACE); {
+	switch err := b.setxattr(dir, recordXattr, data, unix.XATTR_REPLACE); {
 	case err == nil:
 		// An fsync of the directory persists its inode, xattrs included.
 		return atomicfile.SyncDir(dir)
-	case !errors.Is(err, unix.ENODATA):
+	case !errors.Is(err, unix.ENODATA) && !errors.Is(err, unix.ENOTSUP):
+		// No fallback to meta.json here: the xattr, which reads prefer,
+		// would still hold the old record.
 		return fmt.Errorf("replace record of %s: %w", filepath.Base(dir), err)
 	}
 	return atomicfile.WriteFile(filepath.Join(dir, metaFile), indent(data), 0o600)
@@ -104,12 +106,12 @@ func writeMeta(dir string, v any) error {
 // directory: nothing can see it yet, so it needs no temporary file and
 // rename. buildObject makes it durable before publishing, or with the
 // publishing rename where the pool's log is ordered.
-func writeNewMeta(dir string, v any) error {
+func (b *Backend) writeNewMeta(dir string, v any) error {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("encode metadata: %w", err)
 	}
-	err = unix.Setxattr(dir, recordXattr, data, unix.XATTR_CREATE)
+	err = b.setxattr(dir, recordXattr, data, unix.XATTR_CREATE)
 	if err == nil {
 		return nil
 	}

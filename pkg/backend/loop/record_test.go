@@ -110,3 +110,52 @@ func TestXattrRefused(t *testing.T) {
 		}
 	}
 }
+
+// On a filesystem that cannot hold the record as an xattr, every record is
+// a meta.json, and changes and restarts keep working.
+func TestRecordsFallBackToMetaJSON(t *testing.T) {
+	ctx := context.Background()
+	b, _, dir := newTestBackend(t)
+	b.setxattr = func(string, string, []byte, int) error { return unix.ENOTSUP }
+	v, err := b.CreateVolume(ctx, backend.VolumeRequest{Name: "a", RequiredBytes: backend.MiB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := b.CreateSnapshot(ctx, backend.SnapshotRequest{Name: "s", SourceVolumeID: v.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.ExpandVolume(ctx, v.ID, 3*backend.MiB, 0); err != nil {
+		t.Fatalf("ExpandVolume with records in meta.json: %v", err)
+	}
+	for _, objDir := range []string{b.volumeDir(v.ID), b.snapshotDir(s.ID)} {
+		if _, err := os.Stat(filepath.Join(objDir, metaFile)); err != nil {
+			t.Errorf("%s: %v, want a meta.json", objDir, err)
+		}
+	}
+	b, err = New(ctx, Config{PoolDir: dir, Loop: &fakeLoop{}, UUIDs: noUUIDs{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.GetVolume(ctx, v.ID); err != nil || got.SizeBytes != 3*backend.MiB {
+		t.Errorf("after restart: %+v, %v; want 3 MiB", got, err)
+	}
+	if _, err := b.GetSnapshot(ctx, s.ID); err != nil {
+		t.Errorf("snapshot after restart: %v", err)
+	}
+}
+
+// A real failure to set the record fails the call and leaves nothing.
+func TestRecordWriteFailureLeavesNothing(t *testing.T) {
+	ctx := context.Background()
+	b, _, dir := newTestBackend(t)
+	b.setxattr = func(string, string, []byte, int) error { return unix.EIO }
+	if _, err := b.CreateVolume(ctx, backend.VolumeRequest{Name: "a", RequiredBytes: backend.MiB}); err == nil {
+		t.Fatal("CreateVolume succeeded although its record could not be written")
+	}
+	for _, d := range []string{volumesDir, stagingDir} {
+		if entries, _ := os.ReadDir(filepath.Join(dir, d)); len(entries) > 0 {
+			t.Errorf("%s after a failed create: %d entries, want none", d, len(entries))
+		}
+	}
+}

@@ -70,7 +70,7 @@ func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotReques
 		meta.Method = string(method)
 		// The creation time is the instant the data was captured.
 		meta.CreatedAt = time.Now().UTC()
-		if err := writeNewMeta(dir, meta); err != nil {
+		if err := b.writeNewMeta(dir, meta); err != nil {
 			return err
 		}
 		b.point(opCreateSnapshot, "after-meta")

@@ -71,7 +71,7 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 			return err
 		}
 		meta.Shared = method == filecopy.Reflink
-		if err := writeNewMeta(dir, meta); err != nil {
+		if err := b.writeNewMeta(dir, meta); err != nil {
 			return err
 		}
 		b.point(opCreateVolume, "after-meta")
@@ -280,7 +280,7 @@ func (b *Backend) markShared(m *volumeMeta) {
 	marked := *m
 	marked.Shared = true
 	marked.UpdatedAt = time.Now().UTC()
-	if err := writeMeta(b.volumeDir(m.ID), marked); err != nil {
+	if err := b.writeMeta(b.volumeDir(m.ID), marked); err != nil {
 		// m stays unmarked, so that the next call tries again.
 		klog.ErrorS(err, "Cannot record shared extents; capacity may be overstated", "volumeID", m.ID)
 		return
@@ -384,7 +384,7 @@ func (b *Backend) ExpandVolume(ctx context.Context, id string, sizeBytes, limitB
 	b.point(opExpandVolume, "after-truncate")
 	m.SizeBytes = size
 	m.UpdatedAt = time.Now().UTC()
-	if err := writeMeta(b.volumeDir(id), m); err != nil {
+	if err := b.writeMeta(b.volumeDir(id), m); err != nil {
 		return 0, err
 	}
 	b.point(opExpandVolume, "after-meta")
