@@ -21,6 +21,7 @@ import (
 
 	"github.com/tarn-csi/tarn/pkg/backend/loop"
 	"github.com/tarn-csi/tarn/pkg/driver"
+	"github.com/tarn-csi/tarn/test/harness"
 	"github.com/tarn-csi/tarn/test/testpool"
 )
 
@@ -54,7 +55,7 @@ type env struct {
 
 	// proc is the current `tarn serve` process, nil for an in-process
 	// driver.
-	proc *serveProcess
+	proc *harness.Process
 	// paths numbers the staging/target directories handed out.
 	paths int
 }

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
@@ -18,35 +17,24 @@ import (
 	"github.com/tarn-csi/tarn/test/testpool"
 )
 
-// serveProcess is one run of `tarn serve`.
-type serveProcess struct {
-	cmd  *exec.Cmd
-	out  *harness.LogBuffer
-	done chan struct{}
-	err  error // what Wait returned, once done is closed
-}
-
 // serve starts `tarn serve` on the env's pool and socket: the first time,
 // or again after the previous process died.
 func (e *env) serve(t *testing.T) {
 	t.Helper()
 	first := e.proc == nil
-	if !first && !e.proc.exited() {
+	if !first && !e.proc.Exited() {
 		t.Fatal("serve: the previous tarn process is still running")
 	}
-	p := &serveProcess{out: &harness.LogBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(tarnBinary, "serve",
-		"--endpoint=unix://"+e.sock, "--node-id="+nodeID, "--pool-dir="+e.pool, "-v=2")
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
+	p, err := harness.Start(exec.Command(tarnBinary, "serve",
+		"--endpoint=unix://"+e.sock, "--node-id="+nodeID, "--pool-dir="+e.pool, "-v=2"))
+	if err != nil {
 		t.Fatalf("start %s: %v", tarnBinary, err)
 	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
 	e.proc = p
 	// Every run's output is shown if the test fails, killed ones too.
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("output of tarn serve (pid %d):\n%s", p.cmd.Process.Pid, p.out.Since(0))
+			t.Logf("output of tarn serve (pid %d):\n%s", p.Pid(), p.Out.Since(0))
 		}
 	})
 	if !first {
@@ -56,52 +44,8 @@ func (e *env) serve(t *testing.T) {
 	// One cleanup stops whichever process is current by then; it is
 	// registered before any volume, so volumes are cleaned up through a
 	// live driver first.
-	t.Cleanup(func() { e.proc.terminate(t) })
+	t.Cleanup(func() { e.proc.Terminate(t, 30*time.Second) })
 	e.dial(t)
-}
-
-func (p *serveProcess) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// kill sends SIGKILL, the way an OOM kill or a node agent crash ends the
-// driver: no handler runs, nothing is cleaned up.
-func (p *serveProcess) kill(t *testing.T) {
-	t.Helper()
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatalf("kill tarn: %v", err)
-	}
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("tarn did not die within 10s of SIGKILL")
-	}
-}
-
-// terminate stops the process gracefully, as the kubelet does on pod
-// deletion, and kills it if it does not stop.
-func (p *serveProcess) terminate(t *testing.T) {
-	if p.exited() {
-		return
-	}
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Errorf("SIGTERM tarn: %v", err)
-	}
-	select {
-	case <-p.done:
-		if p.err != nil {
-			t.Errorf("tarn serve exited with %v after SIGTERM", p.err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Error("tarn serve did not stop within 30s of SIGTERM")
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
 }
 
 // TestDriverKilledBetweenStageAndUnstage kills `tarn serve` while a volume
@@ -118,7 +62,7 @@ func TestDriverKilledBetweenStageAndUnstage(t *testing.T) {
 	want := map[string]string{"before": writeRandomFile(t, a.path("before"), 4*MiB)}
 	dev := loopDeviceOf(t, e.volumeFile(id))
 
-	e.proc.kill(t)
+	e.proc.Kill(t, 10*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	_, err := e.ident.Probe(ctx, &csi.ProbeRequest{})
 	cancel()
@@ -224,7 +168,7 @@ func TestDriverKilledWhileSnapshotFreezes(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	e.proc.kill(t)
+	e.proc.Kill(t, 10*time.Second)
 	if err := <-snapDone; err == nil {
 		t.Fatal("CreateSnapshot succeeded although the driver was killed mid-copy")
 	}

@@ -265,7 +265,7 @@ var phaseAtKill = map[string]map[string]string{
 func (r *run) killAt(id string, watch bool, call func(ctx context.Context) error) string {
 	t := r.t
 	t.Helper()
-	r.proc.terminate(t)
+	r.proc.Terminate(t, time.Minute)
 	r.serve(faults.EnvPoint + "=" + r.point)
 	p := r.proc
 	stop, watched := make(chan struct{}), make(chan []string, 1)
@@ -310,22 +310,22 @@ func (r *run) killAt(id string, watch bool, call func(ctx context.Context) error
 		wait = time.Second
 	}
 	select {
-	case <-p.done:
+	case <-p.Done():
 	case <-time.After(wait):
 		r.kill()
 		t.Fatalf("the call returned %v and the driver kept running: %s was never reached", err, r.point)
 	}
 	if err == nil {
-		t.Fatalf("the call succeeded, then the driver died (%v): %s was reached after the call", p.err, r.point)
+		t.Fatalf("the call succeeded, then the driver died (%v): %s was reached after the call", p.Err(), r.point)
 	}
 	var exit *exec.ExitError
-	if !errors.As(p.err, &exit) {
-		t.Fatalf("the driver ended with %v, not SIGKILL", p.err)
+	if !errors.As(p.Err(), &exit) {
+		t.Fatalf("the driver ended with %v, not SIGKILL", p.Err())
 	}
 	if ws, ok := exit.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
-		t.Fatalf("the driver ended with %v, not SIGKILL", p.err)
+		t.Fatalf("the driver ended with %v, not SIGKILL", p.Err())
 	}
-	if out := p.out.Since(0); !strings.Contains(out, "Fault point reached") || !strings.Contains(out, `point="`+r.point+`"`) {
+	if out := p.Out.Since(0); !strings.Contains(out, "Fault point reached") || !strings.Contains(out, `point="`+r.point+`"`) {
 		t.Fatalf("the driver was SIGKILLed, but its log does not say it was at %s", r.point)
 	}
 	r.waitOrphans()
@@ -346,7 +346,7 @@ func (r *run) restart() string {
 	r.t.Helper()
 	r.serve()
 	r.checkVG(true)
-	return r.proc.out.Since(0)
+	return r.proc.Out.Since(0)
 }
 
 // retry repeats the call; after a restart the first real answer must be
@@ -640,7 +640,7 @@ func (r *run) killInCopy(kind, id, dev string, call func(ctx context.Context) er
 		defer cancel()
 		done <- call(ctx)
 	}()
-	pid := r.proc.cmd.Process.Pid
+	pid := r.proc.Pid()
 	for !holdsOpen(pid, dev) {
 		select {
 		case err := <-done:

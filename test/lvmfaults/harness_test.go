@@ -85,7 +85,7 @@ type env struct {
 	ident csi.IdentityClient
 	ctrl  csi.ControllerClient
 	node  csi.NodeClient
-	proc  *tarnProcess
+	proc  *harness.Process
 
 	// known are the objects (volume and snapshot IDs) that must exist,
 	// complete, in the VG; staged maps the volumes the test keeps staged
@@ -201,8 +201,8 @@ func faultBinary(t *testing.T, vg string) string {
 // the thin pool. Leftovers of a passing test fail it.
 func (e *env) teardown() {
 	t := e.t
-	if e.proc != nil && !e.proc.exited() {
-		e.proc.terminate(t)
+	if e.proc != nil && !e.proc.Exited() {
+		e.proc.Terminate(t, time.Minute)
 	}
 	if e.conn != nil {
 		_ = e.conn.Close()
@@ -261,14 +261,6 @@ func (e *env) name(base string) string { return filepath.Base(e.path(base)) }
 
 // ---- the driver process ----------------------------------------------------
 
-// tarnProcess is one run of `tarn serve`.
-type tarnProcess struct {
-	cmd  *exec.Cmd
-	out  *harness.LogBuffer
-	done chan struct{}
-	err  error // what Wait returned, once done is closed
-}
-
 // serve starts `tarn serve` on the VG and the thin pool, with variables
 // added to an environment stripped of fault injection settings. It runs
 // in a process group of its own, so that LVM commands it leaves running
@@ -278,29 +270,21 @@ func (e *env) serve(environ ...string) {
 	t.Helper()
 	e.mark("-")
 	defer e.mark("serve")
-	if e.proc != nil && !e.proc.exited() {
+	if e.proc != nil && !e.proc.Exited() {
 		t.Fatal("serve: the previous tarn process is still running")
 	}
-	p := &tarnProcess{out: &harness.LogBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(e.binary, "serve", "--backend=lvm", "--volume-group="+e.vg, "--thin-pool="+poolName,
+	cmd := exec.Command(e.binary, "serve", "--backend=lvm", "--volume-group="+e.vg, "--thin-pool="+poolName,
 		"--endpoint=unix://"+e.sock, "--node-id="+nodeID, "-v=2")
-	p.cmd.Dir = e.work
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "TARN_FAULT_") {
-			p.cmd.Env = append(p.cmd.Env, kv)
-		}
-	}
-	p.cmd.Env = append(p.cmd.Env, environ...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := p.cmd.Start(); err != nil {
+	cmd.Dir = e.work
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	p, err := harness.Start(cmd, environ...)
+	if err != nil {
 		t.Fatalf("start %s: %v", e.binary, err)
 	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
 	e.proc = p
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("output of tarn serve (pid %d, last 60 lines):\n%s", p.cmd.Process.Pid, tail(p.out.Since(0), 60))
+			t.Logf("output of tarn serve (pid %d, last 60 lines):\n%s", p.Pid(), tail(p.Out.Since(0), 60))
 		}
 	})
 	if e.conn == nil {
@@ -309,10 +293,10 @@ func (e *env) serve(environ ...string) {
 	}
 	if err := e.probe(); err != nil {
 		state := "still running"
-		if p.exited() {
-			state = fmt.Sprintf("exited: %v", p.err)
+		if p.Exited() {
+			state = fmt.Sprintf("exited: %v", p.Err())
 		}
-		t.Fatalf("tarn serve (pid %d, %s) not ready: %v", p.cmd.Process.Pid, state, err)
+		t.Fatalf("tarn serve (pid %d, %s) not ready: %v", p.Pid(), state, err)
 	}
 }
 
@@ -348,20 +332,11 @@ func (e *env) probe() error {
 		switch {
 		case err == nil && !resp.GetReady().GetValue():
 			return errors.New("Probe answered ready=false")
-		case status.Code(err) == codes.Unavailable && ctx.Err() == nil && !e.proc.exited():
+		case status.Code(err) == codes.Unavailable && ctx.Err() == nil && !e.proc.Exited():
 			time.Sleep(20 * time.Millisecond)
 			continue
 		}
 		return err
-	}
-}
-
-func (p *tarnProcess) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
 	}
 }
 
@@ -372,15 +347,7 @@ func (p *tarnProcess) exited() bool {
 func (e *env) kill() {
 	t := e.t
 	t.Helper()
-	p := e.proc
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil && !p.exited() {
-		t.Fatalf("kill tarn: %v", err)
-	}
-	select {
-	case <-p.done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("tarn did not die within 30s of SIGKILL")
-	}
+	e.proc.Kill(t, 30*time.Second)
 	e.waitOrphans()
 }
 
@@ -389,7 +356,7 @@ func (e *env) kill() {
 func (e *env) waitOrphans() {
 	t := e.t
 	t.Helper()
-	pgid := e.proc.cmd.Process.Pid
+	pgid := e.proc.Pid()
 	deadline := time.Now().Add(2 * time.Minute)
 	var seen []string
 	for {
@@ -443,24 +410,6 @@ func processesInGroup(pgid int) []string {
 		}
 	}
 	return out
-}
-
-// terminate stops the driver as the kubelet does.
-func (p *tarnProcess) terminate(t *testing.T) {
-	if p.exited() {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		if p.err != nil {
-			t.Errorf("tarn serve exited with %v after SIGTERM", p.err)
-		}
-	case <-time.After(time.Minute):
-		t.Error("tarn serve did not stop within a minute of SIGTERM")
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
 }
 
 // ---- CSI calls ---------------------------------------------------------------

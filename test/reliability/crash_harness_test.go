@@ -61,9 +61,9 @@ func (c *crasher) killDuring(op string, typical time.Duration, call func(ctx con
 	select {
 	case <-done:
 		c.early[op]++
-		c.e.proc.kill(c.t)
+		c.e.proc.Kill(c.t, killWait)
 	default:
-		c.e.proc.kill(c.t)
+		c.e.proc.Kill(c.t, killWait)
 		<-done
 	}
 	if c.points[op] == nil {

@@ -80,7 +80,7 @@ var phaseAtKill = map[string]string{
 func (r *faultRun) killAt(call func(ctx context.Context) error, phase func() string) {
 	t, e := r.t, r.e
 	t.Helper()
-	e.proc.terminate(t)
+	e.proc.Terminate(t, terminateWait)
 	e.serveWith(t, e.work, faults.EnvPoint+"="+r.point)
 	p := e.proc
 	ctx, cancel := callCtx()
@@ -91,22 +91,22 @@ func (r *faultRun) killAt(call func(ctx context.Context) error, phase func() str
 		wait = time.Second
 	}
 	select {
-	case <-p.done:
+	case <-p.Done():
 	case <-time.After(wait):
-		p.kill(t)
+		p.Kill(t, killWait)
 		t.Fatalf("the call returned %v and the driver kept running: %s was never reached", err, r.point)
 	}
 	if err == nil {
-		t.Fatalf("the call succeeded, then the driver died (%v): %s was reached after the call", p.err, r.point)
+		t.Fatalf("the call succeeded, then the driver died (%v): %s was reached after the call", p.Err(), r.point)
 	}
 	var exit *exec.ExitError
-	if !errors.As(p.err, &exit) {
-		t.Fatalf("the driver ended with %v, not SIGKILL", p.err)
+	if !errors.As(p.Err(), &exit) {
+		t.Fatalf("the driver ended with %v, not SIGKILL", p.Err())
 	}
 	if ws, ok := exit.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
-		t.Fatalf("the driver ended with %v, not SIGKILL", p.err)
+		t.Fatalf("the driver ended with %v, not SIGKILL", p.Err())
 	}
-	if out := p.out.Since(0); !strings.Contains(out, "Fault point reached") || !strings.Contains(out, `point="`+r.point+`"`) {
+	if out := p.Out.Since(0); !strings.Contains(out, "Fault point reached") || !strings.Contains(out, `point="`+r.point+`"`) {
 		t.Fatalf("the driver was SIGKILLed, but its log does not say it was at %s", r.point)
 	}
 	if got, want := phase(), phaseAtKill[r.point]; got != want {

@@ -39,10 +39,10 @@ func TestFaultPoints(t *testing.T) {
 	e.serveWith(t, e.work, faults.EnvPoint+"=create-volume.after-staging-dir")
 	c := &crasher{t: t, e: e, points: map[string]map[string]int{}, early: map[string]int{}, retryErrors: map[string]int{}}
 	fx := newFaultFixture(c)
-	if e.proc.exited() || !strings.Contains(e.proc.out.Since(0), "Ignoring fault injection") {
+	if e.proc.Exited() || !strings.Contains(e.proc.Out.Since(0), "Ignoring fault injection") {
 		t.Fatalf("a tarn built without the faultinject tag did not ignore %s", faults.EnvPoint)
 	}
-	e.proc.terminate(t)
+	e.proc.Terminate(t, terminateWait)
 	e.binary = faultTarn(t)
 	e.serve(t, e.work)
 
@@ -212,7 +212,7 @@ func (r *faultRun) killCreateSnapshot() {
 			_ = runQuiet("fsfreeze", "-u", staging)
 			r.t.Fatalf("the source is still frozen 10s after the driver restarted")
 		}
-		if !strings.Contains(r.e.proc.out.Since(0), "Thawed filesystem left frozen by an interrupted snapshot") {
+		if !strings.Contains(r.e.proc.Out.Since(0), "Thawed filesystem left frozen by an interrupted snapshot") {
 			r.t.Errorf("the restarted driver did not report thawing the source")
 		}
 	}

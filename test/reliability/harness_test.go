@@ -54,6 +54,10 @@ const (
 	// readyTimeout bounds how long a started driver may take to answer
 	// Probe.
 	readyTimeout = 20 * time.Second
+	// killWait and terminateWait bound how long the driver may take to
+	// die of SIGKILL and to stop on SIGTERM.
+	killWait      = 10 * time.Second
+	terminateWait = 30 * time.Second
 )
 
 // env is one pool, the driver serving it, and a client connected to it.
@@ -69,7 +73,7 @@ type env struct {
 	node  csi.NodeClient
 
 	// proc is the current `tarn serve`, nil for an in-process driver.
-	proc *tarnProcess
+	proc *harness.Process
 	// binary is what serve runs; "" means tarnBinary.
 	binary string
 }
@@ -198,14 +202,6 @@ func (e *env) probe() error {
 	}
 }
 
-// tarnProcess is one run of `tarn serve`.
-type tarnProcess struct {
-	cmd  *exec.Cmd
-	out  *harness.LogBuffer
-	done chan struct{}
-	err  error // what Wait returned, once done is closed
-}
-
 // serve starts `tarn serve` on the env's pool and socket, the first time or
 // after the previous process died; dir is its working directory.
 func (e *env) serve(t *testing.T, dir string) {
@@ -218,90 +214,41 @@ func (e *env) serve(t *testing.T, dir string) {
 func (e *env) serveWith(t *testing.T, dir string, environ ...string) {
 	t.Helper()
 	first := e.proc == nil
-	if !first && !e.proc.exited() {
+	if !first && !e.proc.Exited() {
 		t.Fatal("serve: the previous tarn process is still running")
 	}
 	binary := e.binary
 	if binary == "" {
 		binary = tarnBinary
 	}
-	p := &tarnProcess{out: &harness.LogBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(binary, "serve", "--endpoint=unix://"+e.sock, "--node-id="+nodeID,
+	cmd := exec.Command(binary, "serve", "--endpoint=unix://"+e.sock, "--node-id="+nodeID,
 		"--pool-dir="+e.pool, "-v=2")
-	p.cmd.Dir = dir
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "TARN_FAULT_") {
-			p.cmd.Env = append(p.cmd.Env, kv)
-		}
-	}
-	p.cmd.Env = append(p.cmd.Env, environ...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
+	cmd.Dir = dir
+	p, err := harness.Start(cmd, environ...)
+	if err != nil {
 		t.Fatalf("start %s: %v", binary, err)
 	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
 	e.proc = p
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("output of tarn serve (pid %d, last 100 lines):\n%s", p.cmd.Process.Pid, tail(p.out.Since(0), 100))
-			keepLog(t, fmt.Sprintf("tarn-serve-%d.log", p.cmd.Process.Pid), p.out.Since(0))
+			t.Logf("output of tarn serve (pid %d, last 100 lines):\n%s", p.Pid(), tail(p.Out.Since(0), 100))
+			keepLog(t, fmt.Sprintf("tarn-serve-%d.log", p.Pid()), p.Out.Since(0))
 		}
 	})
 	if !first {
 		if err := e.probe(); err != nil {
 			state := "still running"
-			if p.exited() {
-				state = fmt.Sprintf("exited: %v", p.err)
+			if p.Exited() {
+				state = fmt.Sprintf("exited: %v", p.Err())
 			}
-			t.Fatalf("restarted tarn serve (pid %d, %s) not ready: %v", p.cmd.Process.Pid, state, err)
+			t.Fatalf("restarted tarn serve (pid %d, %s) not ready: %v", p.Pid(), state, err)
 		}
 		return
 	}
 	// One cleanup stops whichever process is current by then, after the
 	// test's own cleanups have used it.
-	t.Cleanup(func() { e.proc.terminate(t) })
+	t.Cleanup(func() { e.proc.Terminate(t, terminateWait) })
 	e.dial(t)
-}
-
-func (p *tarnProcess) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// kill ends the process the way an OOM kill does: no handler runs.
-func (p *tarnProcess) kill(t *testing.T) {
-	t.Helper()
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil && !p.exited() {
-		t.Fatalf("kill tarn: %v", err)
-	}
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("tarn did not die within 10s of SIGKILL")
-	}
-}
-
-// terminate stops the process as the kubelet does, killing it if it does
-// not stop.
-func (p *tarnProcess) terminate(t *testing.T) {
-	if p.exited() {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		if p.err != nil {
-			t.Errorf("tarn serve exited with %v after SIGTERM", p.err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Error("tarn serve did not stop within 30s of SIGTERM")
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
 }
 
 // sweepLeftovers fails the test for every mount under the work directory

@@ -140,8 +140,8 @@ func (r *fuzzRun) one(i int, rpc fuzzRPC, f *fuzzer) {
 		r.counts[rpc.method] = map[codes.Code]int{}
 	}
 	r.counts[rpc.method][code]++
-	if r.e.proc.exited() {
-		r.t.Fatalf("tarn serve died (%v) on request #%d, %s:\n%s", r.e.proc.err, i, rpc.method, show(req))
+	if r.e.proc.Exited() {
+		r.t.Fatalf("tarn serve died (%v) on request #%d, %s:\n%s", r.e.proc.Err(), i, rpc.method, show(req))
 	}
 	allowed := slices.Concat(generalCodes, rpc.codes)
 	switch {

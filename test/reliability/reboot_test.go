@@ -400,7 +400,7 @@ func (r *rebooter) reboot(vols []*rebootVol) map[string]string {
 	if len(old) != len(vols) {
 		t.Fatalf("before the reboot %d loop devices serve %d volumes", len(old), len(vols))
 	}
-	e.proc.kill(t)
+	e.proc.Kill(t, killWait)
 
 	mounts := mountsUnder(t, e.work)
 	sort.Slice(mounts, func(i, j int) bool { return len(mounts[i]) > len(mounts[j]) })

@@ -36,17 +36,8 @@ func TestRecordsAreXattrsAndSurviveRestart(t *testing.T) {
 	if _, err := b.ExpandVolume(ctx, v.ID, 3*backend.MiB, 0); err != nil {
 		t.Fatal(err)
 	}
-	b, err = New(ctx, Config{PoolDir: dir, Loop: &fakeLoop{}, UUIDs: noUUIDs{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := b.GetVolume(ctx, v.ID)
-	if err != nil || got.SizeBytes != 3*backend.MiB || got.Name != "a" {
-		t.Errorf("after restart: %+v, %v; want volume a of 3 MiB", got, err)
-	}
-	if _, err := b.GetSnapshot(ctx, s.ID); err != nil {
-		t.Errorf("snapshot after restart: %v", err)
-	}
+	b = reopen(t, dir)
+	checkRecords(t, b, v.ID, s.ID, 3*backend.MiB)
 }
 
 // A pool written by a Tarn that kept records in meta.json stays readable,
@@ -69,10 +60,7 @@ func TestRecordsInMetaJSONAreReadAndUpdated(t *testing.T) {
 	if err := unix.Removexattr(vdir, recordXattr); err != nil {
 		t.Fatal(err)
 	}
-	b, err = New(ctx, Config{PoolDir: dir, Loop: &fakeLoop{}, UUIDs: noUUIDs{}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b = reopen(t, dir)
 	if got, err := b.GetVolume(ctx, v.ID); err != nil || got.Name != "old" {
 		t.Fatalf("volume recorded in meta.json: %+v, %v", got, err)
 	}
@@ -89,6 +77,28 @@ func TestRecordsInMetaJSONAreReadAndUpdated(t *testing.T) {
 	var m volumeMeta
 	if err := json.Unmarshal(raw, &m); err != nil || m.SizeBytes != 2*backend.MiB {
 		t.Errorf("meta.json after expansion: size %d, %v; want 2 MiB", m.SizeBytes, err)
+	}
+}
+
+// reopen starts a backend afresh on dir, as a restarted driver does: its
+// records come from the pool, not from a cache.
+func reopen(t *testing.T, dir string) *Backend {
+	t.Helper()
+	b, err := New(context.Background(), Config{PoolDir: dir, Loop: &fakeLoop{}, UUIDs: noUUIDs{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func checkRecords(t *testing.T, b *Backend, volumeID, snapshotID string, size int64) {
+	t.Helper()
+	ctx := context.Background()
+	if got, err := b.GetVolume(ctx, volumeID); err != nil || got.SizeBytes != size {
+		t.Errorf("volume after restart: %+v, %v; want %d bytes", got, err, size)
+	}
+	if _, err := b.GetSnapshot(ctx, snapshotID); err != nil {
+		t.Errorf("snapshot after restart: %v", err)
 	}
 }
 
@@ -133,16 +143,8 @@ func TestRecordsFallBackToMetaJSON(t *testing.T) {
 			t.Errorf("%s: %v, want a meta.json", objDir, err)
 		}
 	}
-	b, err = New(ctx, Config{PoolDir: dir, Loop: &fakeLoop{}, UUIDs: noUUIDs{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, err := b.GetVolume(ctx, v.ID); err != nil || got.SizeBytes != 3*backend.MiB {
-		t.Errorf("after restart: %+v, %v; want 3 MiB", got, err)
-	}
-	if _, err := b.GetSnapshot(ctx, s.ID); err != nil {
-		t.Errorf("snapshot after restart: %v", err)
-	}
+	b = reopen(t, dir)
+	checkRecords(t, b, v.ID, s.ID, 3*backend.MiB)
 }
 
 // A real failure to set the record fails the call and leaves nothing.
