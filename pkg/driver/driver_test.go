@@ -1,15 +1,12 @@
 package driver
 
 import (
-	"bytes"
 	"context"
-	"flag"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -18,7 +15,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"k8s.io/klog/v2"
 
 	"github.com/tarn-csi/tarn/pkg/backend/loop"
 )
@@ -134,35 +130,6 @@ func TestProbeFollowsPool(t *testing.T) {
 	if err != nil || len(health.GetBackendHealth()) != 1 ||
 		health.GetBackendHealth()[0].GetStatus() != csi.StorageHealthErrorType_STORAGE_UNREACHABLE {
 		t.Errorf("storage health on a broken pool = %v, %v", health, err)
-	}
-}
-
-func TestCallLogNeverShowsSecrets(t *testing.T) {
-	var buf bytes.Buffer
-	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
-	klog.InitFlags(fs)
-	_ = fs.Set("v", "5")
-	_ = fs.Set("logtostderr", "false")
-	klog.SetOutput(&buf)
-	t.Cleanup(func() {
-		_ = fs.Set("v", "0")
-		_ = fs.Set("logtostderr", "true")
-		klog.SetOutput(os.Stderr)
-	})
-
-	socket := filepath.Join(t.TempDir(), "csi.sock")
-	_, conn := startDriver(t, socket)
-	_, _ = csi.NewControllerClient(conn).CreateVolume(context.Background(), &csi.CreateVolumeRequest{
-		Name:    "secret-test",
-		Secrets: map[string]string{"password": "hunter2-do-not-log"},
-	})
-	klog.Flush()
-	out := buf.String()
-	if !strings.Contains(out, "CreateVolume") {
-		t.Fatalf("the call was not logged: %q", out)
-	}
-	if strings.Contains(out, "hunter2-do-not-log") {
-		t.Errorf("a secret reached the log: %q", out)
 	}
 }
 
