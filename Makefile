@@ -143,7 +143,7 @@ bench-vm: vm-image
 # Builds every image Tarn needs with no container registry: Debian base images
 # (mmdebstrap), a Go builder from the host toolchain, Tarn's image, and the
 # CSI sidecars from the Go module proxy. Cached: a second run takes seconds.
-.PHONY: images images-host images-base images-tarn images-sidecars images-list images-clean
+.PHONY: images images-host images-base images-tarn images-sidecars crds images-list images-clean
 IMAGES_SH = VERSION=$(VERSION) IMAGE=$(IMAGE) bash deploy/images/images.sh
 
 images:
@@ -156,6 +156,9 @@ images-tarn:
 	@$(IMAGES_SH) tarn
 images-sidecars:
 	@$(IMAGES_SH) sidecars
+# Only the snapshot CRDs (into _output/crds), from the pinned module: no docker.
+crds:
+	@$(IMAGES_SH) crds
 images-list:
 	@$(IMAGES_SH) list
 images-clean:

@@ -94,7 +94,8 @@ case ${1:-all} in
   base) run base-images.sh ;;
   tarn) run tarn-image.sh ;;
   sidecars) run sidecars.sh ;;
+  crds) run sidecars.sh crds ;;
   list) list ;;
   clean) clean ;;
-  *) die "usage: $0 [all|host|base|tarn|sidecars|list|clean]" ;;
+  *) die "usage: $0 [all|host|base|tarn|sidecars|crds|list|clean]" ;;
 esac

@@ -137,8 +137,13 @@ crds() {
 }
 
 main() {
-  need_root
   mkdir -p "$TARN_IMAGES_CACHE/tmp"
+  # The CRDs alone need no docker and no root: `make crds`.
+  if [ "${1:-}" = crds ]; then
+    crds
+    return 0
+  fi
+  need_root
   local s
   for s in "${SIDECARS[@]}"; do
     sidecar "$s"

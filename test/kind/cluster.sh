@@ -219,6 +219,21 @@ deploy() {
   k apply -k "$OVERLAY"
   k -n tarn-system rollout status daemonset/tarn-node --timeout="$ROLLOUT_TIMEOUT"
   k -n tarn-system rollout status deployment/tarn-controller --timeout="$ROLLOUT_TIMEOUT"
+  validate_overlays
+}
+
+# The other overlays cannot run here (the LVM one needs device-mapper, which
+# kind nodes on this kernel lack), but the API server can still judge what
+# they render: a patch that leaves a volumeMount without its volume, or a
+# field of the wrong type, fails this server-side dry run.
+validate_overlays() {
+  local o
+  for o in "$REPO_ROOT"/deploy/overlays/*/; do
+    o=${o%/}
+    [ "$o" = "$OVERLAY" ] && continue
+    k apply --dry-run=server -k "$o" >/dev/null || die "overlay $o does not validate against the cluster"
+    log "overlay $(basename "$o") validates against the API server (dry run)"
+  done
 }
 
 up() {
