@@ -2,11 +2,16 @@ package main
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
 )
 
 func TestParseServeFlags(t *testing.T) {
+	hostname, err := os.Hostname()
+	if err != nil || hostname == "" {
+		t.Fatalf("os.Hostname() = %q, %v; the default node ID cannot be checked", hostname, err)
+	}
 	tests := []struct {
 		name    string
 		args    []string
@@ -14,7 +19,7 @@ func TestParseServeFlags(t *testing.T) {
 		wantErr string
 	}{
 		{"defaults", nil, func(c serveConfig) bool {
-			return c.endpoint == "unix:///run/tarn/csi.sock" && c.backendKind == "loop" && c.directIO && c.nodeID != ""
+			return c.endpoint == "unix:///run/tarn/csi.sock" && c.backendKind == "loop" && c.directIO && c.nodeID == hostname
 		}, ""},
 		{"lvm flags", []string{"--backend", "lvm", "--volume-group", "vg0", "--thin-pool", "p"}, func(c serveConfig) bool {
 			return c.volumeGroup == "vg0" && c.thinPool == "p"

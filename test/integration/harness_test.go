@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/tarn-csi/tarn/pkg/atomicfile"
 	"github.com/tarn-csi/tarn/pkg/backend/loop"
 	"github.com/tarn-csi/tarn/pkg/driver"
 	"github.com/tarn-csi/tarn/test/harness"
@@ -158,7 +159,8 @@ func (e *env) waitReady(t *testing.T) {
 // and every loop device backed by its pool that is still there once the
 // driver stopped, and removes them so that the pool can be unmounted and
 // the next test starts clean. Tests that unstage explicitly check this
-// themselves; this catches the rest.
+// themselves; this catches the rest. It also fails the test for anything
+// left in the pool's internal directories (see checkPoolInternals).
 func (e *env) sweepLeftovers(t *testing.T) {
 	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(e.work))
 	if err != nil {
@@ -176,6 +178,35 @@ func (e *env) sweepLeftovers(t *testing.T) {
 		t.Errorf("left behind: loop device %s backed by %s", dev, file)
 		if out, err := runCmd("losetup", "-d", dev); err != nil {
 			t.Errorf("losetup -d %s: %v: %s", dev, err, out)
+		}
+	}
+	// Last: it may stop this cleanup, which must not keep the above from
+	// running.
+	e.checkPoolInternals(t)
+}
+
+// checkPoolInternals fails the test for what a finished call must never
+// leave in the pool: entries of .staging (objects being built) or .trash
+// (objects being deleted), and temporary files of an atomic record write
+// (atomicfile.TempPrefix) in the pool or in any object directory. The
+// driver sweeps these at its next start, but a call that returned must not
+// need that sweep. Nothing is removed: the pool goes with the test.
+func (e *env) checkPoolInternals(t *testing.T) {
+	if _, err := os.Stat(e.pool); errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	for _, dir := range []string{".staging", ".trash"} {
+		if left := e.poolEntries(t, dir); len(left) > 0 {
+			t.Errorf("left behind in pool/%s: %v", dir, left)
+		}
+	}
+	for _, pattern := range []string{"", "*", "*/*"} {
+		matches, err := filepath.Glob(filepath.Join(e.pool, pattern, atomicfile.TempPrefix+"*"))
+		if err != nil {
+			t.Errorf("glob pool temporary files: %v", err)
+		}
+		for _, m := range matches {
+			t.Errorf("left behind: temporary file %s", m)
 		}
 	}
 }
@@ -291,9 +322,20 @@ type attachment struct {
 	fsType  string // "" for raw block
 	staging string
 	target  string // the published file system or device file
+	// cap, when set, is sent instead of capability(fsType), e.g. to pass
+	// mount flags.
+	cap *csi.VolumeCapability
 }
 
 func (a attachment) path(name string) string { return filepath.Join(a.target, name) }
+
+// capability is what stage and publish send for a.
+func (a attachment) capability() *csi.VolumeCapability {
+	if a.cap != nil {
+		return a.cap
+	}
+	return capability(a.fsType)
+}
 
 // stage runs NodeStageVolume on fresh paths or fails the test;
 // NodeUnstageVolume follows at the end of the test.
@@ -311,9 +353,25 @@ func (e *env) stage(t *testing.T, volID, fsType string) attachment {
 // that an unstage would not clear.
 func (e *env) tryStage(t *testing.T, volID, fsType string) (attachment, error) {
 	t.Helper()
+	return e.tryStageWith(t, volID, fsType, nil)
+}
+
+// stageWith is stage with capability c (nil: capability(fsType)), which
+// publish then sends too unless the attachment's cap is changed.
+func (e *env) stageWith(t *testing.T, volID, fsType string, c *csi.VolumeCapability) attachment {
+	t.Helper()
+	a, err := e.tryStageWith(t, volID, fsType, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func (e *env) tryStageWith(t *testing.T, volID, fsType string, c *csi.VolumeCapability) (attachment, error) {
+	t.Helper()
 	e.paths++
 	dir := filepath.Join(e.work, fmt.Sprintf("v%d", e.paths))
-	a := attachment{volID: volID, fsType: fsType, staging: filepath.Join(dir, "staging"), target: filepath.Join(dir, "target")}
+	a := attachment{volID: volID, fsType: fsType, staging: filepath.Join(dir, "staging"), target: filepath.Join(dir, "target"), cap: c}
 	t.Cleanup(func() {
 		if err := e.tryUnstage(a); err != nil {
 			t.Errorf("cleanup: %v", err)
@@ -322,7 +380,7 @@ func (e *env) tryStage(t *testing.T, volID, fsType string) (attachment, error) {
 	ctx, cancel := callCtx()
 	defer cancel()
 	if _, err := e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{
-		VolumeId: volID, StagingTargetPath: a.staging, VolumeCapability: capability(fsType),
+		VolumeId: volID, StagingTargetPath: a.staging, VolumeCapability: a.capability(),
 	}); err != nil {
 		return a, fmt.Errorf("NodeStageVolume %s at %s: %w", volID, a.staging, err)
 	}
@@ -336,7 +394,7 @@ func (e *env) publish(t *testing.T, a attachment) attachment {
 	ctx, cancel := callCtx()
 	defer cancel()
 	if _, err := e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{
-		VolumeId: a.volID, StagingTargetPath: a.staging, TargetPath: a.target, VolumeCapability: capability(a.fsType),
+		VolumeId: a.volID, StagingTargetPath: a.staging, TargetPath: a.target, VolumeCapability: a.capability(),
 	}); err != nil {
 		t.Fatalf("NodePublishVolume %s at %s: %v", a.volID, a.target, err)
 	}
