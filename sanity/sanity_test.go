@@ -1,12 +1,12 @@
-// Package sanity runs csi-test's sanity suite against a real Tarn driver:
-// loop backend, real pools made on loop devices, real mounts.
+// Package sanity runs csi-test's sanity suite against `tarn serve`: the
+// loop backend on real pools made on loop devices, real mounts; the LVM
+// backend in the project's VM.
 //
 // Ginkgo runs one suite per process, so TestSanity runs each configuration
 // of the matrix in a child process of this test binary.
 package sanity
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,10 +17,10 @@ import (
 
 	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
 
-	"github.com/tarn-csi/tarn/pkg/backend"
-	"github.com/tarn-csi/tarn/pkg/backend/loop"
 	"github.com/tarn-csi/tarn/pkg/backend/lvm"
 	"github.com/tarn-csi/tarn/pkg/driver"
+	"github.com/tarn-csi/tarn/pkg/filecopy"
+	"github.com/tarn-csi/tarn/test/harness"
 	"github.com/tarn-csi/tarn/test/testpool"
 )
 
@@ -71,9 +71,13 @@ func matrix() []configuration {
 	return loopMatrix
 }
 
-const vgEnv = "TARN_TEST_VG"
-
-const childEnv = "TARN_SANITY_CONFIG"
+const (
+	vgEnv    = "TARN_TEST_VG"
+	childEnv = "TARN_SANITY_CONFIG"
+	// binaryEnv names a prebuilt tarn binary; make test-vm sets it, since
+	// the VM has no Go toolchain. Elsewhere TestSanity builds one.
+	binaryEnv = "TARN_TEST_BINARY"
+)
 
 func TestSanity(t *testing.T) {
 	if os.Getenv(childEnv) != "" {
@@ -82,6 +86,13 @@ func TestSanity(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("sanity needs root: it attaches loop devices and mounts filesystems")
 	}
+	binary := os.Getenv(binaryEnv)
+	if binary == "" {
+		binary = filepath.Join(t.TempDir(), "tarn")
+		if err := harness.BuildTarn(binary); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for i, c := range matrix() {
 		t.Run(c.name(), func(t *testing.T) {
 			args := []string{"-test.run=^TestSanityConfiguration$", "-test.v", "-ginkgo.no-color"}
@@ -89,7 +100,7 @@ func TestSanity(t *testing.T) {
 				args = append(args, "-ginkgo.v")
 			}
 			cmd := exec.Command(os.Args[0], args...)
-			cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d", childEnv, i))
+			cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d", childEnv, i), binaryEnv+"="+binary)
 			out, err := cmd.CombinedOutput()
 			summary := ginkgoSummary(string(out))
 			t.Logf("%s: %s", c.name(), summary)
@@ -115,6 +126,8 @@ func ginkgoSummary(out string) string {
 	return "no Ginkgo summary in output"
 }
 
+// TestSanityConfiguration runs the suite against `tarn serve`, the binary
+// a node runs, started with the flags of one configuration.
 func TestSanityConfiguration(t *testing.T) {
 	v := os.Getenv(childEnv)
 	if v == "" {
@@ -126,51 +139,49 @@ func TestSanityConfiguration(t *testing.T) {
 	}
 	c := matrix()[i]
 	work := t.TempDir()
-	endpoint := "unix://" + filepath.Join(work, "csi.sock")
-	ctx, cancel := context.WithCancel(context.Background())
-	var b backend.Backend
+	socket := filepath.Join(work, "csi.sock")
+	args := []string{"serve", "--endpoint", "unix://" + socket, "--node-id", "sanity-node"}
+	params := map[string]string{}
 	if c.backend == "lvm" {
-		b = openLVM(t, ctx, c)
+		args = append(args, lvmFlags(t, c)...)
+		// The class, not the driver's default, picks the LV type: the
+		// thin pool exists in both runs, so thick volumes are a choice.
+		params[lvm.ParamType] = c.lvmType
 	} else {
-		b = openLoop(t, ctx, c)
+		args = append(args, loopFlags(t, c)...)
 	}
-	d, err := driver.New(driver.Config{Endpoint: endpoint, NodeID: "sanity-node", Version: "sanity", Backend: b})
+	if c.fsType != "" {
+		params[driver.ParamFsType] = c.fsType
+	}
+	p, err := harness.Start(exec.Command(os.Getenv(binaryEnv), args...))
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
+	// Cleanups run last-in first-out: the driver stops (gracefully, or the
+	// test fails) before the pool's leak checks run.
 	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("driver stopped with %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("driver did not stop")
+		p.Terminate(t, 30*time.Second)
+		if t.Failed() {
+			t.Logf("tarn serve output:\n%s", p.Out.Since(0))
 		}
 	})
-	waitForSocket(t, filepath.Join(work, "csi.sock"))
+	waitForSocket(t, socket, p)
 
 	cfg := sanity.NewTestConfig()
-	cfg.Address = endpoint
+	cfg.Address = "unix://" + socket
 	cfg.TargetPath = filepath.Join(work, "target")
 	cfg.StagingPath = filepath.Join(work, "staging")
 	cfg.TestVolumeSize = 320 << 20
 	cfg.TestVolumeExpandSize = 512 << 20
 	cfg.TestVolumeAccessType = c.access
 	cfg.IdempotentCount = 3
-	if c.fsType != "" {
-		cfg.TestVolumeParameters = map[string]string{driver.ParamFsType: c.fsType}
-	}
+	cfg.TestVolumeParameters = params
 	sanity.Test(t, cfg)
 }
 
-// openLoop makes a real pool on a loop device; after the suite (cleanups
-// run last-in first-out, so after the driver stopped) nothing it attached
-// or mounted may be left.
-func openLoop(t *testing.T, ctx context.Context, c configuration) backend.Backend {
+// loopFlags makes a real pool on a loop device; after the suite nothing it
+// attached or mounted may be left.
+func loopFlags(t *testing.T, c configuration) []string {
 	poolMount := testpool.New(t, c.pool, 16<<30)
 	before := testpool.Snapshot(t)
 	t.Cleanup(func() { testpool.AssertNoLeaks(t, before) })
@@ -178,37 +189,31 @@ func openLoop(t *testing.T, ctx context.Context, c configuration) backend.Backen
 	if err := os.MkdirAll(poolDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	b, err := loop.New(ctx, loop.Config{PoolDir: poolDir, DirectIO: true})
+	// The reflink configuration must really take the O(1) path.
+	reflink, err := filecopy.SupportsReflink(poolDir)
 	if err != nil {
-		t.Fatalf("open pool: %v", err)
+		t.Fatal(err)
 	}
-	if want := c.pool != testpool.Ext4; b.Reflink() != want {
-		t.Fatalf("reflink on %s pool = %v, want %v", c.pool, b.Reflink(), want)
+	if want := c.pool != testpool.Ext4; reflink != want {
+		t.Fatalf("reflink on %s pool = %v, want %v", c.pool, reflink, want)
 	}
-	return b
+	return []string{"--pool-dir", poolDir, "--direct-io=true"}
 }
 
-// openLVM serves the VM's volume group, with a thin pool made for the run;
-// afterwards no LV of Tarn's may be left.
-func openLVM(t *testing.T, ctx context.Context, c configuration) backend.Backend {
+// lvmFlags serves the VM's volume group, with a thin pool made for the
+// run; afterwards no LV of Tarn's may be left.
+func lvmFlags(t *testing.T, c configuration) []string {
 	vg := os.Getenv(vgEnv)
-	cfg := lvm.Config{VolumeGroup: vg, DefaultType: c.lvmType}
-	if c.lvmType == "thin" {
-		cfg.ThinPool = "sanitypool"
-		lvmCommand(t, "lvcreate", "--type", "thin-pool", "-L", "6g", "-n", cfg.ThinPool, vg)
-		t.Cleanup(func() { lvmCommand(t, "lvremove", "-y", vg+"/"+cfg.ThinPool) })
-	}
-	b, err := lvm.New(ctx, cfg)
-	if err != nil {
-		t.Fatalf("open volume group: %v", err)
-	}
+	const thinPool = "sanitypool"
+	lvmCommand(t, "lvcreate", "--type", "thin-pool", "-L", "6g", "-n", thinPool, vg)
+	t.Cleanup(func() { lvmCommand(t, "lvremove", "-y", vg+"/"+thinPool) })
 	t.Cleanup(func() {
 		out := lvmCommand(t, "lvs", "--noheadings", "-o", "lv_name,lv_tags", vg)
 		if strings.Contains(out, "tarn.owner") {
 			t.Errorf("Tarn LVs left after the suite:\n%s", out)
 		}
 	})
-	return b
+	return []string{"--backend", "lvm", "--volume-group", vg, "--thin-pool", thinPool}
 }
 
 func lvmCommand(t *testing.T, argv ...string) string {
@@ -220,14 +225,17 @@ func lvmCommand(t *testing.T, argv ...string) string {
 	return string(out)
 }
 
-func waitForSocket(t *testing.T, path string) {
+func waitForSocket(t *testing.T, path string, p *harness.Process) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		if fi, err := os.Stat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
 			return
 		}
+		if p.Exited() {
+			t.Fatalf("tarn serve exited (%v) before serving:\n%s", p.Err(), p.Out.Since(0))
+		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatalf("driver socket %s did not appear", path)
+	t.Fatalf("driver socket %s did not appear:\n%s", path, p.Out.Since(0))
 }

@@ -1,4 +1,6 @@
-// Package lvmfaults holds crash-safety tests of the LVM backend: a real
+// Package lvmfaults holds the tests that drive a real `tarn serve --backend
+// lvm` through the CSI API in the VM: online growth of mounted ext4 and
+// xfs on thin and thick LVs (TestOnlineGrowth), and crash safety: a real
 // `tarn serve --backend lvm`, built with the faultinject tag, is SIGKILLed
 // at each of its named fault points (package faults) and at random
 // instants, restarted, and the call retried as the CSI sidecars would,
