@@ -55,7 +55,10 @@ func (b *Backend) copyFrom(ctx context.Context, src object, dstID string, skipZe
 	srcDev, dstDev, n := b.devicePath(src.ID), b.devicePath(dstID), src.lv.Size
 	if !backend.ValidVolumeID(src.ID) {
 		// Snapshots are never mounted or written: nothing to quiesce.
-		return copyDevice(ctx, dstDev, srcDev, n, skipZeros)
+		if err := copyDevice(ctx, dstDev, srcDev, n, skipZeros); err != nil {
+			return b.copyError(ctx, src.ID, dstID, err)
+		}
+		return nil
 	}
 	budget := copyBudget(b.cfg.FreezeTimeout, n)
 	// The copy stops when the freeze is cut short: what it would go on to
@@ -71,11 +74,35 @@ func (b *Backend) copyFrom(ctx context.Context, src object, dstID string, skipZe
 		b.metrics.FreezeDuration(res.FrozenFor)
 	}
 	if err != nil {
-		return fmt.Errorf("copy %s to %s: %w", src.ID, dstID, err)
+		return b.copyError(ctx, src.ID, dstID, err)
 	}
 	klog.V(2).InfoS("Copied volume", "from", src.ID, "to", dstID, "bytes", n, "took", time.Since(start),
 		"frozen", res.Frozen, "mountpoint", res.Mountpoint, "frozenFor", res.FrozenFor)
 	return nil
+}
+
+// copyError explains a failed copy. A thin destination whose pool ran out
+// of space while the copy wrote (possible only where the class lets the
+// pool be over-committed) fails its writes with ENOSPC, or with EIO once
+// dm-thin stops queueing them: that is a full pool, which the caller must
+// hear as ResourceExhausted, not as an internal error.
+func (b *Backend) copyError(ctx context.Context, srcID, dstID string, err error) error {
+	err = fmt.Errorf("copy %s to %s: %w", srcID, dstID, err)
+	if errors.Is(err, unix.ENOSPC) {
+		return fmt.Errorf("%w: %w", backend.ErrNoSpace, err)
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	dst, lerr := b.client.LV(cctx, b.cfg.VolumeGroup, dstID)
+	if lerr != nil || dst.Pool == "" {
+		return err
+	}
+	pool, lerr := b.client.LV(cctx, b.cfg.VolumeGroup, dst.Pool)
+	if lerr == nil && (pool.DataPercent >= 100 || pool.MetadataPercent >= 100) {
+		return fmt.Errorf("%w: thin pool %s is full (data %.1f%%, metadata %.1f%%): %w",
+			backend.ErrNoSpace, dst.Pool, pool.DataPercent, pool.MetadataPercent, err)
+	}
+	return err
 }
 
 // copyDevice copies the first n bytes of block device src to dst, with
