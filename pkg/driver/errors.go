@@ -58,3 +58,11 @@ func errAborted(keys []string) error {
 	}
 	return status.Error(codes.Aborted, fmt.Sprintf("an operation on %s is already in progress", strings.Join(named, ", ")))
 }
+
+// errIncompatible answers a stage or publish that finds the volume already
+// at its path, but not as asked: the CSI spec's AlreadyExists, not a
+// success that would hide the difference from the CO.
+func errIncompatible(id, verb, path string, differences []string) error {
+	return status.Errorf(codes.AlreadyExists, "volume %s is already %s at %s, incompatibly: %s",
+		id, verb, path, strings.Join(differences, "; "))
+}

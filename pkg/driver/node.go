@@ -96,8 +96,15 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 			klog.ErrorS(err, "Cannot detach after failed stage", "volumeID", id)
 		}
 	}()
-	if req.GetVolumeCapability().GetBlock() != nil {
-		// A block volume is published straight from its device.
+	want := stageWant(req.GetVolumeCapability())
+	if want.block {
+		// A block volume is published straight from its device. Its
+		// filesystem mounted at this very staging path is a stage for
+		// mount access: AlreadyExists, where a mount elsewhere is
+		// FailedPrecondition.
+		if _, err := d.alreadyMounted(staging, device, want, id); err != nil {
+			return nil, err
+		}
 		if err := refuseRawUnderFilesystem(device, id); err != nil {
 			return nil, err
 		}
@@ -105,7 +112,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
 
-	if done, err := d.alreadyMounted(staging, device, false, id); err != nil {
+	if done, err := d.alreadyMounted(staging, device, want, id); err != nil {
 		return nil, err
 	} else if done {
 		// The stage that mounted it may have been cut short before it
@@ -259,7 +266,19 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if device == "" {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged on this node", id)
 	}
-	block := req.GetVolumeCapability().GetBlock() != nil
+	want, err := publishWant(req)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "inspect staging path %s: %v", staging, err)
+	}
+	// Before what a new publication needs: a target already holding this
+	// volume under the other access type is AlreadyExists, not the
+	// FailedPrecondition of a volume in use elsewhere.
+	if done, err := d.alreadyMounted(target, device, want, id); err != nil {
+		return nil, err
+	} else if done {
+		return &csi.NodePublishVolumeResponse{}, nil
+	}
+	block := want.block
 	source := device
 	if block {
 		if err := refuseRawUnderFilesystem(device, id); err != nil {
@@ -272,11 +291,6 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		source = staging
 	}
 
-	if done, err := d.alreadyMounted(target, device, block, id); err != nil {
-		return nil, err
-	} else if done {
-		return &csi.NodePublishVolumeResponse{}, nil
-	}
 	if req.GetVolumeCapability().GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
 		others, err := publications(device, staging, target)
 		if err != nil {
@@ -320,8 +334,9 @@ func refuseRawUnderFilesystem(device, id string) error {
 }
 
 // alreadyMounted makes stage and publish idempotent: true when path already
-// holds this volume's device, AlreadyExists when it holds something else.
-func (d *Driver) alreadyMounted(path, device string, block bool, id string) (bool, error) {
+// holds this volume's device mounted as want asks, AlreadyExists when it
+// holds something else or this volume mounted otherwise.
+func (d *Driver) alreadyMounted(path, device string, want mountWant, id string) (bool, error) {
 	mounted, err := isMountPoint(d.mounter, path)
 	if err != nil {
 		return false, status.Errorf(codes.Internal, "inspect %s: %v", path, err)
@@ -329,12 +344,19 @@ func (d *Driver) alreadyMounted(path, device string, block bool, id string) (boo
 	if !mounted {
 		return false, nil
 	}
-	same, err := holdsDevice(path, device, block)
+	have, same, err := mountedDevice(path, device)
 	if err != nil {
 		return false, status.Errorf(codes.Internal, "inspect %s: %v", path, err)
 	}
 	if !same {
 		return false, status.Errorf(codes.AlreadyExists, "%s already holds something other than volume %s", path, id)
+	}
+	if diffs := have.incompatibilities(want); len(diffs) > 0 {
+		verb := "staged"
+		if want.publish {
+			verb = "published"
+		}
+		return false, errIncompatible(id, verb, path, diffs)
 	}
 	return true, nil
 }

@@ -1,0 +1,227 @@
+package driver
+
+import (
+	"fmt"
+	"maps"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
+)
+
+// A repeated stage or publish finds the volume already at its path. The
+// CSI spec wants success only when what is there is what the call asks
+// for, and AlreadyExists when it is not: a CO that changed its mind (xfs
+// instead of ext4, read-only instead of read-write) must not be told that
+// it got what it asked for.
+
+// mountWant is what a stage or publish asks of the mount at its path.
+type mountWant struct {
+	publish bool // a publication rather than the staging mount
+	block   bool // raw block access: the device node bound onto a file
+	// fsType is "" when the request names none: the CO leaves the choice
+	// to the driver, and what is mounted is the volume's own filesystem,
+	// from an earlier stage of it, so any will do.
+	fsType   string
+	readonly bool
+	// flags are the requested mount flags; only those the kernel shows
+	// back unchanged are compared (see shownMountFlags).
+	flags []string
+}
+
+// mountState is what the mount table says is at a path that holds the
+// volume's device.
+type mountState struct {
+	block        bool     // the device node bound onto a file
+	fsType       string   // as the mount table names it
+	mountOptions []string // this mount's: ro or rw, nosuid, noatime...
+	superOptions []string // the filesystem's, shared by its binds: sync...
+}
+
+// The mount flags compared, each with the flag that undoes it (of the two,
+// the last asked wins, as with mount(8)). These are the ones the kernel
+// lists in mountinfo exactly as mount(8) takes them, per mount or per
+// filesystem. Others (defaults, discard, data=..., acl, user_xattr, and
+// relatime, which the kernel adds unasked and noatime overrides) are
+// omitted or rewritten by the kernel: comparing them would refuse
+// identical retries.
+var (
+	shownMountFlags = map[string]string{
+		"nosuid": "suid", "nodev": "dev", "noexec": "exec",
+		"noatime": "atime", "nodiratime": "diratime", "nosymfollow": "symfollow",
+	}
+	shownSuperFlags = map[string]string{"sync": "async", "dirsync": "", "lazytime": "nolazytime"}
+	// bindAddsFlags are the only ones sure to be on a publication when
+	// asked. It is a bind of the staging mount, so it has its
+	// filesystem's flags whatever it asks, and mount-utils puts the
+	// staging mount's restrictions and atime mode on top of those asked.
+	bindAddsFlags = []string{"nosuid", "nodev", "noexec", "nosymfollow"}
+)
+
+// askedFlags says, for each compared flag the request mentions, whether it
+// asks for it (true) or for its undoing (false).
+func askedFlags(flags []string) map[string]bool {
+	asked := map[string]bool{}
+	for _, f := range flags {
+		if f == "" {
+			continue
+		}
+		for _, table := range []map[string]string{shownMountFlags, shownSuperFlags} {
+			for flag, undo := range table {
+				switch f {
+				case flag:
+					asked[flag] = true
+				case undo:
+					asked[flag] = false
+				}
+			}
+		}
+	}
+	return asked
+}
+
+// incompatibilities lists, in words, how the mount differs from what is
+// asked; none when an identical call could have made it.
+func (s mountState) incompatibilities(w mountWant) []string {
+	if w.block != s.block {
+		if w.block {
+			return []string{"raw block access is asked but a filesystem is mounted"}
+		}
+		return []string{"a filesystem is asked but the raw block device is bound"}
+	}
+	var out []string
+	if !s.block && w.fsType != "" && !strings.EqualFold(w.fsType, s.fsType) {
+		out = append(out, fmt.Sprintf("filesystem %s is asked but %s is mounted", strings.ToLower(w.fsType), s.fsType))
+	}
+	if ro := slices.Contains(s.mountOptions, "ro"); ro != w.readonly {
+		if w.readonly {
+			out = append(out, "read-only is asked but it is mounted read-write")
+		} else {
+			out = append(out, "read-write is asked but it is mounted read-only")
+		}
+	}
+	asked := askedFlags(w.flags)
+	for _, f := range slices.Sorted(maps.Keys(asked)) {
+		_, super := shownSuperFlags[f]
+		if w.publish && (super || !asked[f] || !slices.Contains(bindAddsFlags, f)) {
+			continue
+		}
+		where, has, name := "mount", s.mountOptions, f
+		if super {
+			where, has = "filesystem", s.superOptions
+		}
+		present := slices.Contains(has, f)
+		if !asked[f] {
+			name = shownMountFlags[f] + shownSuperFlags[f]
+		}
+		if asked[f] != present {
+			out = append(out, fmt.Sprintf("mount flag %s is asked but the %s has %s", name, where, strings.Join(has, ",")))
+		}
+	}
+	return out
+}
+
+// stageWant is what a stage asks of its staging path.
+func stageWant(c *csi.VolumeCapability) mountWant {
+	if c.GetBlock() != nil {
+		return mountWant{block: true}
+	}
+	flags := c.GetMount().GetMountFlags()
+	return mountWant{
+		fsType:   c.GetMount().GetFsType(),
+		readonly: lastReadonly(false, flags),
+		flags:    flags,
+	}
+}
+
+// publishWant is what a publish asks of its target, as the bind that
+// NodePublishVolume makes would have it: the readonly flag, then the mount
+// flags (the last of ro and rw wins, as with mount(8)), then read-only
+// whenever the staging mount or its filesystem is, since mount-utils
+// copies that onto every bind. Otherwise a retry of a publish that got a
+// read-only bind without asking would be refused.
+func publishWant(req *csi.NodePublishVolumeRequest) (mountWant, error) {
+	if req.GetVolumeCapability().GetBlock() != nil {
+		// The device is bound with no mount flags.
+		return mountWant{publish: true, block: true, readonly: req.GetReadonly()}, nil
+	}
+	flags := req.GetVolumeCapability().GetMount().GetMountFlags()
+	ro := lastReadonly(req.GetReadonly(), flags)
+	staging, err := mountAt(req.GetStagingTargetPath())
+	if err != nil {
+		return mountWant{}, err
+	}
+	if staging != nil && (slices.Contains(strings.Split(staging.Options, ","), "ro") ||
+		slices.Contains(strings.Split(staging.VFSOptions, ","), "ro")) {
+		ro = true
+	}
+	return mountWant{
+		publish:  true,
+		fsType:   req.GetVolumeCapability().GetMount().GetFsType(),
+		readonly: ro,
+		flags:    flags,
+	}, nil
+}
+
+// lastReadonly applies the ro and rw among flags to ro, the last winning.
+func lastReadonly(ro bool, flags []string) bool {
+	for _, f := range flags {
+		switch f {
+		case "ro":
+			ro = true
+		case "rw":
+			ro = false
+		}
+	}
+	return ro
+}
+
+// mountedDevice says whether path holds device (its filesystem, or the
+// device node bound onto a file) and, when it does, how it is mounted
+// there.
+func mountedDevice(path, device string) (mountState, bool, error) {
+	want, err := deviceNumber(device)
+	if err != nil {
+		return mountState{}, false, err
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return mountState{}, false, fmt.Errorf("stat %s: %w", path, err)
+	}
+	s := mountState{block: st.Mode&unix.S_IFMT == unix.S_IFBLK}
+	if s.block && st.Rdev != want || !s.block && st.Dev != want {
+		return mountState{}, false, nil
+	}
+	m, err := mountAt(path)
+	if err != nil {
+		return mountState{}, false, err
+	}
+	if m == nil {
+		return mountState{}, false, fmt.Errorf("%s holds %s but is not in the mount table", path, device)
+	}
+	s.fsType = m.FSType
+	s.mountOptions = strings.Split(m.Options, ",")
+	s.superOptions = strings.Split(m.VFSOptions, ",")
+	return s, true, nil
+}
+
+// mountAt returns the topmost mount at path, nil when there is none.
+func mountAt(path string) (*mountinfo.Info, error) {
+	if r, err := filepath.EvalSymlinks(path); err == nil {
+		path = r
+	}
+	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
+		return m.Mountpoint != path, false
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read mount table: %w", err)
+	}
+	if len(mounts) == 0 {
+		return nil, nil
+	}
+	// Mounts stacked on one path are listed in the order they were made.
+	return mounts[len(mounts)-1], nil
+}
