@@ -24,11 +24,13 @@ deps:
 	@bash test/install-deps.sh
 
 # Everything: unit, integration (real loop devices, filesystems, mounts),
-# csi-sanity on reflink and non-reflink pools, a short fuzz run, the
+# csi-sanity on reflink and non-reflink pools, the demo (the README's main
+# command, so that it cannot rot), a short fuzz run, the
 # benchmark harness at small size (so it cannot rot), the stress test under
 # the race detector, LVM in the VM, and the e2e tests on a kind cluster.
 test: deps vet
 	$(GO) test $(GOTEST_FLAGS) ./...
+	$(MAKE) demo
 	$(MAKE) fuzz
 	$(MAKE) bench-smoke
 	$(MAKE) test-race
