@@ -126,7 +126,7 @@ BENCH_FLAGS ?=
 bench-deps:
 	@bash test/bench/install-deps.sh
 
-# Full benchmark, about 5 minutes on 2 cores as root (budget: 15): writes
+# Full benchmark, about 6 minutes on 2 cores as root (budget: 15): writes
 # test/bench/results/latest.{json,md} and snapshot-vs-size.png. Exits 3 when
 # a target is missed (the results are written all the same).
 bench: deps bench-deps build

@@ -106,19 +106,25 @@ func markdown(r *report) string {
 	}
 
 	if d := r.DataPath; d != nil {
-		w("#### Data path\n\nfio on a %s file: in an ext4 volume mounted through tarn, against a plain file on the %s pool's own filesystem (%s).\n\n",
-			size(d.FileBytes), d.Pool, d.Job)
-		w("| pattern | plain file MiB/s |")
-		sep := "| --- | ---: |"
+		w("#### Data path\n\nfio on a %s file: in an ext4 volume mounted through tarn, against a plain file on the %s pool's own filesystem (%s).%s\n\n",
+			size(d.FileBytes), d.Pool, d.Job, roundsNote(d.Volumes))
+		w("| pattern |")
+		sep := "| --- |"
 		for _, v := range d.Volumes {
-			w(" volume %s MiB/s | ratio |", dioLabel(v))
-			sep += " ---: | ---: |"
+			w(" plain file MiB/s | volume %s MiB/s | ratio |", dioLabel(v))
+			sep += " ---: | ---: | ---: |"
 		}
 		w("\n%s\n", sep)
 		for _, pat := range fioPatterns() {
-			w("| %s | %s |", pat.Name, num(d.Plain[pat.Name].MiBps))
+			w("| %s |", pat.Name)
 			for _, v := range d.Volumes {
-				w(" %s | %s× |", num(v.Figures[pat.Name].MiBps), num(v.Ratios[pat.Name]))
+				// Reports from before the rounds compared every
+				// setting with one plain measurement.
+				plain := v.Plain
+				if plain == nil {
+					plain = d.Plain
+				}
+				w(" %s | %s | %s× |", num(plain[pat.Name].MiBps), num(v.Figures[pat.Name].MiBps), num(v.Ratios[pat.Name]))
 			}
 			w("\n")
 		}
@@ -161,6 +167,31 @@ func versions(m machine) string {
 		parts = append(parts, m.FioVersion)
 	}
 	return strings.Join(append(parts, m.GoVersion), ", ")
+}
+
+// roundsNote says how the data-path figures were taken: both files at
+// once, each pattern on the plain file and then on the volume in each
+// round, medians over the rounds. Empty for reports without rounds.
+func roundsNote(vs []volumeDataPath) string {
+	var per []string
+	for _, v := range vs {
+		if v.Rounds == 0 {
+			return ""
+		}
+		n := fmt.Sprintf("%d round", v.Rounds)
+		if v.Rounds > 1 {
+			n += "s"
+		}
+		if v.DirectIO != "" {
+			n += " with --direct-io=" + v.DirectIO
+		}
+		per = append(per, n)
+	}
+	if len(per) == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" Both files exist throughout; in each round every pattern runs on the plain file and then on the volume, back to back, so that drift of the disk hits both alike (%s). MiB/s are medians over the rounds; the ratio is the median of the per-round ratios.",
+		strings.Join(per, ", "))
 }
 
 func dioLabel(v volumeDataPath) string {

@@ -35,10 +35,14 @@ type profile struct {
 	SnapRepsReflink int `json:"snapshot_reps_reflink"`
 	SnapRepsCopy    int `json:"snapshot_reps_copy"`
 	// FioSize is the file each fio job works on; FioRuntime and FioRamp
-	// bound each job.
+	// bound each job. FioRounds is how often each pattern runs on the
+	// plain file and on the volume, back to back, with tarn's default
+	// --direct-io (other settings get one round); the medians are
+	// reported.
 	FioSize    int64   `json:"fio_file_bytes"`
 	FioRuntime seconds `json:"fio_runtime_s"`
 	FioRamp    seconds `json:"fio_ramp_s"`
+	FioRounds  int     `json:"fio_rounds"`
 	// ScaleObjects is how many volumes, and as many snapshots, the scale
 	// pool holds; ScaleRepeats how often each scale figure is taken.
 	ScaleObjects int `json:"scale_objects"`
@@ -59,8 +63,9 @@ func fullProfile() profile {
 		SnapRepsReflink: 9,
 		SnapRepsCopy:    3,
 		FioSize:         1 * gib,
-		FioRuntime:      seconds(8 * time.Second),
+		FioRuntime:      seconds(6 * time.Second),
 		FioRamp:         seconds(1 * time.Second),
+		FioRounds:       3,
 		ScaleObjects:    1000,
 		ScaleRepeats:    5,
 		Deadline:        seconds(25 * time.Minute),
@@ -79,6 +84,7 @@ func smokeProfile() profile {
 		SnapRepsCopy:    1,
 		FioSize:         32 * mib,
 		FioRuntime:      seconds(1 * time.Second),
+		FioRounds:       1,
 		ScaleObjects:    20,
 		ScaleRepeats:    1,
 		Deadline:        seconds(5 * time.Minute),
@@ -95,7 +101,8 @@ const (
 
 // poolImageSize is the sparse image a pool lives on: room for the largest
 // snapshotted volume three times (volume, copy-snapshot, copy-restore), the
-// fio files, and the reserves of the many small volumes; sparse, so only
+// fio files (the plain one and the data-path volume side by side, see
+// dataPathSpace), and the reserves of the many small volumes; sparse, so only
 // what is written costs disk.
 func (p profile) poolImageSize() int64 {
 	largest := p.SnapSizes[len(p.SnapSizes)-1]

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"math"
 	"slices"
 	"time"
@@ -45,10 +46,23 @@ func summarize(samples []time.Duration) summary {
 
 // percentile returns the nearest-rank p-th percentile of sorted, which must
 // not be empty.
-func percentile(sorted []time.Duration, p float64) time.Duration {
+func percentile[T any](sorted []T, p float64) T {
 	rank := int(math.Ceil(p / 100 * float64(len(sorted))))
 	rank = max(1, min(rank, len(sorted)))
 	return sorted[rank-1]
+}
+
+// median is the nearest-rank median of samples (the lower middle one of
+// an even count, so always a measured value), or zero for none; samples
+// are not reordered.
+func median[T cmp.Ordered](samples []T) T {
+	if len(samples) == 0 {
+		var zero T
+		return zero
+	}
+	sorted := slices.Clone(samples)
+	slices.Sort(sorted)
+	return percentile(sorted, 50)
 }
 
 // ms keeps microsecond precision: the control-plane target is 1 ms, so

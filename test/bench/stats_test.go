@@ -1,6 +1,7 @@
 package main
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -58,6 +59,27 @@ func TestSpecCode(t *testing.T) {
 	for _, c := range []codes.Code{codes.Internal, codes.Unknown, codes.Unavailable, codes.DeadlineExceeded} {
 		if specCode(c) {
 			t.Errorf("specCode(%v) = true, want false", c)
+		}
+	}
+}
+
+func TestMedian(t *testing.T) {
+	for _, tc := range []struct {
+		in   []float64
+		want float64
+	}{
+		{nil, 0},
+		{[]float64{0.9}, 0.9},
+		{[]float64{1.2, 0.5, 0.9}, 0.9},
+		{[]float64{1, 0.8}, 0.8}, // lower middle: a measured value
+		{[]float64{3, 1, 4, 1, 5}, 3},
+	} {
+		in := slices.Clone(tc.in)
+		if got := median(in); got != tc.want {
+			t.Errorf("median(%v) = %v, want %v", tc.in, got, tc.want)
+		}
+		if !slices.Equal(in, tc.in) {
+			t.Errorf("median(%v) reordered its input", tc.in)
 		}
 	}
 }
