@@ -18,25 +18,35 @@ import (
 // size minus its allocated blocks, or its whole size when its file shares
 // extents with a snapshot or clone (overwriting shared data needs new
 // blocks). Snapshots are immutable and reserve nothing beyond what they
-// already occupy.
+// already occupy. What calls in progress were granted is not offered again.
 func (b *Backend) Capacity(ctx context.Context, params map[string]string) (backend.Capacity, error) {
 	if err := checkParameters(params); err != nil {
 		return backend.Capacity{}, err
 	}
-	free, total, err := b.poolStat()
+	avail, total, err := b.available()
 	if err != nil {
 		return backend.Capacity{}, err
+	}
+	avail = roundDown(avail - b.ledger.Pending())
+	return backend.Capacity{AvailableBytes: avail, MaximumVolumeSize: avail, TotalBytes: total}, nil
+}
+
+// available is free space minus every volume's reserve, not rounded and
+// not counting calls in flight; total is the pool filesystem's size.
+func (b *Backend) available() (avail, total int64, err error) {
+	free, total, err := b.poolStat()
+	if err != nil {
+		return 0, 0, err
 	}
 	reserved, err := b.reserved()
 	if err != nil {
-		return backend.Capacity{}, err
+		return 0, 0, err
 	}
-	avail := free - reserved
-	if avail < 0 {
-		avail = 0
-	}
-	avail = avail / backend.SizeGranularity * backend.SizeGranularity
-	return backend.Capacity{AvailableBytes: avail, MaximumVolumeSize: avail, TotalBytes: total}, nil
+	return free - reserved, total, nil
+}
+
+func roundDown(n int64) int64 {
+	return max(n, 0) / backend.SizeGranularity * backend.SizeGranularity
 }
 
 func (b *Backend) reserved() (int64, error) {
@@ -69,13 +79,23 @@ func (b *Backend) reserveOf(m volumeMeta) int64 {
 	return 0
 }
 
-// ensureSpace fails with ErrNoSpace before anything is written when a new
+// reserveSpace fails with ErrNoSpace before anything is written when a new
 // volume of size (or a copy of src when size is 0) cannot be promised.
-func (b *Backend) ensureSpace(size int64, src *source) error {
+// Otherwise the space stays promised until release is called, which the
+// caller does once the object is in the record cache (and so in the
+// accounting) or has failed: parallel calls under different names must
+// not be promised the same bytes.
+func (b *Backend) reserveSpace(size int64, src *source) (release func(), err error) {
 	need := size
 	if size == 0 && src != nil {
 		need = allocatedBytes(src.dataPath)
 	}
+	return b.ledger.Reserve(need, func(pending int64) error { return b.fits(need, pending) })
+}
+
+// fits is the capacity check of reserveSpace, with pending bytes already
+// promised to calls in flight.
+func (b *Backend) fits(need, pending int64) error {
 	// No volume reserves more than its size, so free space minus every
 	// volume's whole size is a floor of what is available; when even the
 	// floor covers the request, the exact sum (a stat of every data file,
@@ -88,22 +108,23 @@ func (b *Backend) ensureSpace(size int64, src *source) error {
 	if err != nil {
 		return err
 	}
-	if floor := (free - promised) / backend.SizeGranularity * backend.SizeGranularity; need <= floor {
+	if need <= roundDown(free-promised-pending) {
 		return nil
 	}
-	capacity, err := b.Capacity(context.Background(), nil)
+	avail, _, err := b.available()
 	if err != nil {
 		return err
 	}
-	if need > capacity.AvailableBytes {
-		return fmt.Errorf("%w: %d bytes asked, %d available in pool %s", backend.ErrNoSpace, need, capacity.AvailableBytes, b.cfg.PoolDir)
+	if avail = roundDown(avail - pending); need > avail {
+		return fmt.Errorf("%w: %d bytes asked, %d available in pool %s (%d more promised to calls in progress)",
+			backend.ErrNoSpace, need, avail, b.cfg.PoolDir, pending)
 	}
 	return nil
 }
 
-// ensureGrowth is ensureSpace for an expansion: only the growth is new.
-func (b *Backend) ensureGrowth(m volumeMeta, newSize int64) error {
-	return b.ensureSpace(newSize-m.SizeBytes, nil)
+// reserveGrowth is reserveSpace for an expansion: only the growth is new.
+func (b *Backend) reserveGrowth(m volumeMeta, newSize int64) (release func(), err error) {
+	return b.reserveSpace(newSize-m.SizeBytes, nil)
 }
 
 func allocatedBytes(path string) int64 {

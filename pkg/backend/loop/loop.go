@@ -35,6 +35,7 @@ import (
 
 	"github.com/tarn-csi/tarn/pkg/atomicfile"
 	"github.com/tarn-csi/tarn/pkg/backend"
+	"github.com/tarn-csi/tarn/pkg/backend/reserve"
 	"github.com/tarn-csi/tarn/pkg/faults"
 	"github.com/tarn-csi/tarn/pkg/filecopy"
 	"github.com/tarn-csi/tarn/pkg/freeze"
@@ -106,6 +107,10 @@ type Backend struct {
 	// for the same free loop device cannot both see "not attached" for one
 	// file; per-volume locking is the driver's job.
 	attachMu sync.Mutex
+	// ledger counts the space promised to creations and expansions that
+	// are not yet in the record cache, so that calls under different
+	// names cannot together be promised more than the pool has.
+	ledger reserve.Ledger
 }
 
 var _ backend.Backend = (*Backend)(nil)

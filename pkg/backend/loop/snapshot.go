@@ -39,9 +39,13 @@ func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotReques
 	// A copy needs room for the data; a reflink needs none now, but makes
 	// the origin's allocated blocks shared, so they must be reservable.
 	if !b.reflink || !vol.Shared {
-		if err := b.ensureSpace(0, src); err != nil {
+		// Held until the copy's blocks are allocated, or the origin is
+		// marked shared, where the accounting sees them.
+		release, err := b.reserveSpace(0, src)
+		if err != nil {
 			return backend.Snapshot{}, err
 		}
+		defer release()
 	}
 
 	meta := snapshotMeta{

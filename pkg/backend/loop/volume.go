@@ -47,9 +47,12 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 		}
 		size = src.size
 	}
-	if err := b.ensureSpace(size, src); err != nil {
+	release, err := b.reserveSpace(size, src)
+	if err != nil {
 		return backend.Volume{}, err
 	}
+	// Held until the record is in the cache, where the accounting sees it.
+	defer release()
 
 	now := time.Now().UTC()
 	meta := volumeMeta{
@@ -372,9 +375,12 @@ func (b *Backend) ExpandVolume(ctx context.Context, id string, sizeBytes, limitB
 	if size <= m.SizeBytes {
 		return m.SizeBytes, b.ensureFileSize(id, m.SizeBytes)
 	}
-	if err := b.ensureGrowth(m, size); err != nil {
+	release, err := b.reserveGrowth(m, size)
+	if err != nil {
 		return 0, err
 	}
+	// Held until the cache has the new size, where the accounting sees it.
+	defer release()
 	// Grow the file before the record: a crash in between leaves a file
 	// larger than recorded, which the retry (or NodeExpandVolume) fixes;
 	// the reverse could promise space the file does not have.

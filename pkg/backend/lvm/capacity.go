@@ -7,6 +7,7 @@ import (
 	"strconv"
 
 	"github.com/tarn-csi/tarn/pkg/backend"
+	"github.com/tarn-csi/tarn/pkg/backend/reserve"
 	lvmcmd "github.com/tarn-csi/tarn/pkg/lvm"
 )
 
@@ -100,7 +101,14 @@ func (b *Backend) Capacity(ctx context.Context, params map[string]string) (backe
 	if err != nil {
 		return backend.Capacity{}, err
 	}
-	return capacityOf(st, c.Type, b.cfg.ThinPool, c.Ratio)
+	capacity, err := capacityOf(st, c.Type, b.cfg.ThinPool, c.Ratio)
+	if err != nil {
+		return backend.Capacity{}, err
+	}
+	// What calls in flight were promised is no longer on offer.
+	capacity.AvailableBytes = max(capacity.AvailableBytes-b.ledger(c.Type).Pending(), 0)
+	capacity.MaximumVolumeSize = capacity.AvailableBytes
+	return capacity, nil
 }
 
 // capacityOf is what a new volume of the type could get, never more than
@@ -158,26 +166,42 @@ func scale(size int64, f float64) int64 {
 	return int64(v)
 }
 
-// ensureSpace fails with ErrNoSpace, before anything is created, when need
+// reserve fails with ErrNoSpace, before anything is created, when need
 // more bytes of the type cannot be promised. pool is the thin pool to carve
-// from.
-func (b *Backend) ensureSpace(ctx context.Context, typ, pool string, ratio float64, need int64) error {
-	st, err := b.vgState(ctx)
-	if err != nil {
-		return err
-	}
-	c, err := capacityOf(st, typ, pool, ratio)
-	if err != nil {
-		return err
-	}
-	if need > c.AvailableBytes {
-		where := "volume group " + b.cfg.VolumeGroup
-		if typ == typeThin {
-			where = fmt.Sprintf("thin pool %s/%s (overprovision ratio %g)", b.cfg.VolumeGroup, pool, ratio)
+// from. Otherwise the bytes stay promised until release is called, which
+// the caller does once the LV exists at its full size, where lvs accounts
+// for it, or was never made: calls under different names run side by side,
+// and the check alone would let them share the same last extents.
+func (b *Backend) reserve(ctx context.Context, typ, pool string, ratio float64, need int64) (release func(), err error) {
+	return b.ledger(typ).Reserve(need, func(pending int64) error {
+		st, err := b.vgState(ctx)
+		if err != nil {
+			return err
 		}
-		return fmt.Errorf("%w: %d bytes asked, %d available in %s", backend.ErrNoSpace, need, c.AvailableBytes, where)
+		c, err := capacityOf(st, typ, pool, ratio)
+		if err != nil {
+			return err
+		}
+		if avail := max(c.AvailableBytes-pending, 0); need > avail {
+			where := "volume group " + b.cfg.VolumeGroup
+			if typ == typeThin {
+				where = fmt.Sprintf("thin pool %s/%s (overprovision ratio %g)", b.cfg.VolumeGroup, pool, ratio)
+			}
+			return fmt.Errorf("%w: %d bytes asked, %d available in %s (%d more promised to calls in progress)",
+				backend.ErrNoSpace, need, avail, where, pending)
+		}
+		return nil
+	})
+}
+
+// ledger is where reservations of the type are counted: thin volumes take
+// virtual size from the pool, thick ones extents from the VG, and neither
+// takes from the other.
+func (b *Backend) ledger(typ string) *reserve.Ledger {
+	if typ == typeThin {
+		return &b.thinLedger
 	}
-	return nil
+	return &b.thickLedger
 }
 
 // extentSize rounds a size chosen by backend.RoundSize up to whole extents,

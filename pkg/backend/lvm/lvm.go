@@ -43,12 +43,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"k8s.io/klog/v2"
 
 	"github.com/tarn-csi/tarn/pkg/backend"
+	"github.com/tarn-csi/tarn/pkg/backend/reserve"
 	"github.com/tarn-csi/tarn/pkg/faults"
 	"github.com/tarn-csi/tarn/pkg/freeze"
 	"github.com/tarn-csi/tarn/pkg/fsuuid"
@@ -97,10 +97,10 @@ type Backend struct {
 	metrics     metrics.Recorder
 	faults      faults.Injector
 	defaultType string
-	// allocMu makes "check capacity, then create or extend" one step, so
-	// that two calls cannot both be promised the same last extents.
-	// Per-volume ordering is the driver's job.
-	allocMu sync.Mutex
+	// thickLedger and thinLedger count what calls in flight were promised
+	// and LVM does not show yet (see reserve). Per-volume ordering is the
+	// driver's job.
+	thickLedger, thinLedger reserve.Ledger
 }
 
 var _ backend.Backend = (*Backend)(nil)

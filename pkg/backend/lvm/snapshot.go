@@ -56,13 +56,13 @@ func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotReques
 	var finish lvmcmd.ChangeOptions
 	if o.Method == methodThin {
 		create = func() error {
-			b.allocMu.Lock()
-			defer b.allocMu.Unlock()
 			// The snapshot's virtual size counts against the pool like
 			// a volume's, at the origin's over-commit ratio.
-			if err := b.ensureSpace(ctx, typeThin, vol.lv.Pool, ratioOf(vol), vol.lv.Size); err != nil {
+			release, err := b.reserve(ctx, typeThin, vol.lv.Pool, ratioOf(vol), vol.lv.Size)
+			if err != nil {
 				return err
 			}
+			defer release()
 			// No FIFREEZE here: LVM's suspend of the origin freezes a
 			// mounted filesystem itself, and on Linux < 6.6 it fails
 			// with EBUSY if the filesystem is already frozen.
@@ -72,11 +72,11 @@ func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotReques
 		}
 	} else {
 		create = func() error {
-			b.allocMu.Lock()
-			defer b.allocMu.Unlock()
-			if err := b.ensureSpace(ctx, typeThick, "", 1, vol.lv.Size); err != nil {
+			release, err := b.reserve(ctx, typeThick, "", 1, vol.lv.Size)
+			if err != nil {
 				return err
 			}
+			defer release()
 			return b.client.Create(ctx, lvmcmd.CreateOptions{VG: b.cfg.VolumeGroup, Name: id, Size: vol.lv.Size, Tags: tags})
 		}
 		steps = []func() error{

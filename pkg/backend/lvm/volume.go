@@ -71,11 +71,18 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 		return backend.Volume{}, err
 	}
 	thinClone := src != nil && cls.Type == typeThin && src.lv.IsThin() && src.lv.Pool == b.cfg.ThinPool
+	// A thin clone is made at its source's size and extended after: until
+	// then LVM shows only part of what it was promised.
+	growClone := thinClone && size > src.lv.Size
+	release := func() {}
+	defer func() { release() }()
 	create := func() error {
-		b.allocMu.Lock()
-		defer b.allocMu.Unlock()
-		if err := b.ensureSpace(ctx, cls.Type, b.cfg.ThinPool, cls.Ratio, size); err != nil {
+		var err error
+		if release, err = b.reserve(ctx, cls.Type, b.cfg.ThinPool, cls.Ratio, size); err != nil {
 			return err
+		}
+		if !growClone {
+			defer release()
 		}
 		if thinClone {
 			// A thin snapshot of the source, made an ordinary volume:
@@ -94,8 +101,11 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 	}
 	var steps []func() error
 	switch {
-	case thinClone && size > src.lv.Size:
-		steps = append(steps, func() error { return b.client.Extend(ctx, b.cfg.VolumeGroup, id, size) })
+	case growClone:
+		steps = append(steps, func() error {
+			defer release()
+			return b.client.Extend(ctx, b.cfg.VolumeGroup, id, size)
+		})
 	case src != nil && !thinClone:
 		steps = append(steps, func() error {
 			// A fresh thin LV reads as zeros, so zero blocks need not
@@ -293,11 +303,11 @@ func (b *Backend) ExpandVolume(ctx context.Context, id string, sizeBytes, limitB
 	if o.lv.IsThin() {
 		typ, pool = typeThin, o.lv.Pool
 	}
-	b.allocMu.Lock()
-	defer b.allocMu.Unlock()
-	if err := b.ensureSpace(ctx, typ, pool, ratioOf(o), size-o.lv.Size); err != nil {
+	release, err := b.reserve(ctx, typ, pool, ratioOf(o), size-o.lv.Size)
+	if err != nil {
 		return 0, err
 	}
+	defer release()
 	if err := b.client.Extend(ctx, b.cfg.VolumeGroup, id, size); err != nil {
 		return 0, fmt.Errorf("expand volume %s: %w", id, err)
 	}
