@@ -209,7 +209,7 @@ kind-down:
 E2E_IMAGE ?= tarn-local/debian:bookworm-slim
 E2E_TIMEOUT ?= 20m
 e2e:
-	TARN_E2E_KUBECONFIG=$(KIND_KUBECONFIG) TARN_E2E_IMAGE=$(E2E_IMAGE) \
+	TARN_E2E_KUBECONFIG=$(KIND_KUBECONFIG) TARN_E2E_IMAGE=$(E2E_IMAGE) TARN_E2E_KUBECTL=$(KUBECTL) \
 		go test -count=1 -timeout $(E2E_TIMEOUT) -v ./test/e2e/
 
 # Kubernetes' own "External Storage" e2e tests (k8s.io/kubernetes test/e2e,
