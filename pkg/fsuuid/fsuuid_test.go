@@ -83,3 +83,45 @@ func TestRegenerateFrozenXFSCopy(t *testing.T) {
 		t.Errorf("copy UUID %q, origin %q", got, origin)
 	}
 }
+
+// The magic check must let every ext4 and XFS through (blkid decides then)
+// and may only rule out what cannot be either.
+func TestMayHoldExtOrXFS(t *testing.T) {
+	withMagic := func(off int, magic []byte, size int) []byte {
+		b := make([]byte, size)
+		copy(b[off:], magic)
+		return b
+	}
+	tests := []struct {
+		name string
+		data []byte
+		want bool
+	}{
+		{"empty", nil, false},
+		{"zeros", make([]byte, 1<<20), false},
+		{"xfs magic", withMagic(0, []byte("XFSB"), 4096), true},
+		{"ext magic", withMagic(1080, []byte{0x53, 0xef}, 4096), true},
+		{"ext magic byte-swapped", withMagic(1080, []byte{0xef, 0x53}, 4096), false},
+		{"ext magic cut short", withMagic(1080, []byte{0x53}, 1081), false},
+		{"xfs magic elsewhere", withMagic(512, []byte("XFSB"), 4096), false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "img")
+			if err := os.WriteFile(path, tc.data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := mayHoldExtOrXFS(path); err != nil || got != tc.want {
+				t.Errorf("mayHoldExtOrXFS = %v, %v; want %v", got, err, tc.want)
+			}
+		})
+	}
+	for _, fs := range []string{"ext4", "xfs"} {
+		if got, err := mayHoldExtOrXFS(mkfsImage(t, fs)); err != nil || !got {
+			t.Errorf("a real %s image: mayHoldExtOrXFS = %v, %v; want true", fs, got, err)
+		}
+	}
+	if _, err := mayHoldExtOrXFS(filepath.Join(t.TempDir(), "missing")); err == nil {
+		t.Error("a missing file gave no error")
+	}
+}
