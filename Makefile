@@ -49,14 +49,14 @@ test-kind:
 # The LVM backend's tests and csi-sanity against it (thin and thick), in the
 # QEMU guest of test/vm: the host kernel has no device-mapper.
 # test/lvmfaults kills a faultinject build of tarn at each LVM fault point.
-# csi-sanity runs verbosely so that each configuration's counts are printed.
+# Verbose, so that each csi-sanity configuration's counts are printed; one
+# go test for the three packages, so that sanity (the longest) runs in a VM
+# of its own beside the others.
 test-vm: vm-image
 	CGO_ENABLED=0 $(GO) build -trimpath -tags faultinject -o _output/tarn-faultinject ./cmd/tarn
 	CGO_ENABLED=0 $(GO) build -trimpath -o _output/tarn ./cmd/tarn
-	CGO_ENABLED=0 TARN_TEST_FAULT_BINARY=$(CURDIR)/_output/tarn-faultinject $(GO) test $(GOTEST_FLAGS) \
-		-exec "$(CURDIR)/test/vm/run.sh --" ./pkg/backend/lvm/ ./test/lvmfaults/
-	CGO_ENABLED=0 TARN_TEST_BINARY=$(CURDIR)/_output/tarn $(GO) test $(GOTEST_FLAGS) -v -run 'TestSanity$$' \
-		-exec "$(CURDIR)/test/vm/run.sh --" ./sanity/
+	CGO_ENABLED=0 TARN_TEST_FAULT_BINARY=$(CURDIR)/_output/tarn-faultinject TARN_TEST_BINARY=$(CURDIR)/_output/tarn \
+		$(GO) test $(GOTEST_FLAGS) -v -exec "$(CURDIR)/test/vm/run.sh --" ./pkg/backend/lvm/ ./sanity/ ./test/lvmfaults/
 
 # Each fuzz target for FUZZTIME (longer budgets: make fuzz FUZZTIME=10m).
 FUZZTIME ?= 3s
