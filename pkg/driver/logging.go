@@ -17,8 +17,10 @@ import (
 // every verbosity: they are what an operator looks for.
 const (
 	callLogLevel = 2
-	// Probe, capability and stats calls come every few seconds from the
-	// kubelet and the sidecars; at the call level they would drown the rest.
+	// Probe, capability, stats, health and capacity calls come every few
+	// seconds from the kubelet and the sidecars (csi-provisioner polls
+	// GetCapacity per StorageClass); at the call level they would drown
+	// the rest.
 	quietCallLogLevel = 5
 	// A call that never returns would leave no line: its start is logged
 	// too, one level up.
@@ -56,7 +58,8 @@ func isQuiet(method string) bool {
 		csi.Node_NodeGetCapabilities_FullMethodName, csi.Controller_ControllerGetCapabilities_FullMethodName,
 		csi.Node_NodeGetVolumeStats_FullMethodName, csi.Node_NodeGetVolumeHealth_FullMethodName,
 		csi.Node_NodeGetStorageHealth_FullMethodName,
-		csi.Controller_ControllerGetVolumeHealth_FullMethodName, csi.Controller_ControllerListVolumeHealth_FullMethodName:
+		csi.Controller_ControllerGetVolumeHealth_FullMethodName, csi.Controller_ControllerListVolumeHealth_FullMethodName,
+		csi.Controller_GetCapacity_FullMethodName:
 		return true
 	}
 	return false
