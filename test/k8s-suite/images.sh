@@ -4,14 +4,16 @@
 # e2e framework asks for (k8s.io/kubernetes test/utils/image/manifest.go):
 #
 #   registry.k8s.io/e2e-test-images/busybox:1.37.0-1       Debian's busybox-static
-#   registry.k8s.io/e2e-test-images/jessie-dnsutils:1.7    the same busybox image
-#   registry.k8s.io/e2e-test-images/nginx:1.14-4           the same busybox image
+#   registry.k8s.io/e2e-test-images/jessie-dnsutils:1.7    the local Debian slim image
+#   registry.k8s.io/e2e-test-images/nginx:1.14-4           the local Debian slim image
 #   registry.k8s.io/e2e-test-images/agnhost:2.56           busybox + agnhost built from the module
 #
 # The storage tests only run shell commands (sh, dd, md5sum, mount, stat, ls,
 # grep, sleep...) in busybox/jessie-dnsutils/nginx, and agnhost's own
-# subcommands (mounttest, pause...) in agnhost. registry.k8s.io/pause:3.10.1
-# is already in the node image. Each image carries a recipe label: an
+# subcommands (mounttest, pause...) in agnhost. jessie-dnsutils and nginx
+# need GNU coreutils: the block-mode multiVolume tests write with
+# `dd oflag=nocache`, which busybox's dd refuses.
+# registry.k8s.io/pause:3.10.1 is already in the node image. Each image carries a recipe label: an
 # unchanged recipe is not rebuilt; `kind load` skips nodes that have it.
 #
 # Usage: images.sh [build|load|all]     (build needs build-e2e.sh's agnhost)
@@ -21,7 +23,8 @@ E2E_BIN_DIR=${E2E_BIN_DIR:-$TARN_KIND_CACHE/e2e-test-$K8S_VERSION}
 IMAGES_RECIPE_VERSION=1
 E2E_REG=registry.k8s.io/e2e-test-images
 BUSYBOX_IMAGE=$E2E_REG/busybox:1.37.0-1
-BUSYBOX_ALIASES=("$E2E_REG/jessie-dnsutils:1.7" "$E2E_REG/nginx:1.14-4")
+DEBIAN_ALIASES=("$E2E_REG/jessie-dnsutils:1.7" "$E2E_REG/nginx:1.14-4")
+DEBIAN_SLIM=$LOCAL_PREFIX/debian:$DEBIAN_SUITE-slim
 AGNHOST_IMAGE=$E2E_REG/agnhost:2.56
 
 # busybox_rootfs DIR: busybox-static from the Debian mirror (apt-get download,
@@ -66,19 +69,21 @@ import() {
 
 build() {
   [ -x "$E2E_BIN_DIR/agnhost" ] || die "$E2E_BIN_DIR/agnhost missing: run build-e2e.sh first"
+  image_exists "$DEBIAN_SLIM" || die "$DEBIAN_SLIM missing: run make images-base"
+  local t
+  for t in "${DEBIAN_ALIASES[@]}"; do docker tag "$DEBIAN_SLIM" "$t"; done
   local recipe debver
   debver=$(apt-cache policy busybox-static | sed -n 's/^ *Candidate: //p')
   recipe=$(printf '%s\n' "$IMAGES_RECIPE_VERSION" "$debver" "$(sha256sum <"$E2E_BIN_DIR/agnhost")" \
     "$(sed -n '/^busybox_rootfs()/,/^}/p' "$0")" | sha256sum | cut -c1-16)
-  local t all_fresh=1
-  for t in "$BUSYBOX_IMAGE" "${BUSYBOX_ALIASES[@]}" "$AGNHOST_IMAGE"; do
+  local all_fresh=1
+  for t in "$BUSYBOX_IMAGE" "$AGNHOST_IMAGE"; do
     [ "$TARN_IMAGES_REFRESH" != 1 ] && [ "$(image_label "$t" "$LABEL_NS.recipe")" = "$recipe" ] || all_fresh=0
   done
   if [ $all_fresh = 1 ]; then log "e2e images: cached (recipe $recipe)"; return 0; fi
   local work; work=$(mktemp -d "$TARN_KIND_CACHE/tmp/e2eimg.XXXXXX")
   log "busybox rootfs from $(basename "$(busybox_rootfs "$work/rootfs")")"
   import "$work/rootfs" "$BUSYBOX_IMAGE" "$recipe" 'CMD ["sh"]'
-  for t in "${BUSYBOX_ALIASES[@]}"; do docker tag "$BUSYBOX_IMAGE" "$t"; done
   # agnhost: the image's layout (/agnhost, /agnhost-2, /uploads, the user
   # and group the image defines) on the busybox rootfs.
   install -m 0755 "$E2E_BIN_DIR/agnhost" "$work/rootfs/agnhost"
@@ -94,7 +99,7 @@ build() {
 load() {
   "$KIND_BIN" get clusters 2>/dev/null | grep -qx "$KIND_CLUSTER" || die "no kind cluster $KIND_CLUSTER (make kind-up)"
   # kind load skips the nodes that already hold the same image ID.
-  "$KIND_BIN" load docker-image --name "$KIND_CLUSTER" "$BUSYBOX_IMAGE" "${BUSYBOX_ALIASES[@]}" "$AGNHOST_IMAGE"
+  "$KIND_BIN" load docker-image --name "$KIND_CLUSTER" "$BUSYBOX_IMAGE" "${DEBIAN_ALIASES[@]}" "$AGNHOST_IMAGE"
 }
 
 need_root
