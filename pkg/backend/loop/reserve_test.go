@@ -3,14 +3,13 @@ package loop
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 
 	"github.com/tarn-csi/tarn/pkg/backend"
+	"github.com/tarn-csi/tarn/pkg/backend/reserve/reservetest"
 	"github.com/tarn-csi/tarn/test/testpool"
 )
 
@@ -92,42 +91,8 @@ func TestParallelCallsNeverPromiseMoreThanCapacity(t *testing.T) {
 				t.Fatal(err)
 			}
 			need := tc.need(t, b, before.AvailableBytes)
-			if need <= 0 || need*callers <= before.AvailableBytes {
-				t.Fatalf("%d calls of %d bytes do not exceed the %d available", callers, need, before.AvailableBytes)
-			}
-
-			start := make(chan struct{})
-			errs := make([]error, callers)
-			var wg sync.WaitGroup
-			for i := range callers {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					<-start
-					errs[i] = tc.call(ctx, b, i, need)
-				}()
-			}
-			close(start)
-			wg.Wait()
-
-			var promised int64
-			succeeded := 0
-			for i, err := range errs {
-				switch {
-				case err == nil:
-					promised += need
-					succeeded++
-				case !errors.Is(err, backend.ErrNoSpace):
-					t.Errorf("call %d: %v, want success or ErrNoSpace", i, err)
-				}
-			}
-			if succeeded == 0 || succeeded == callers {
-				t.Errorf("%d of %d calls succeeded; the test wants some to be refused", succeeded, callers)
-			}
-			if promised > before.AvailableBytes {
-				t.Errorf("%d calls of %d bytes succeeded: %d bytes promised, %d were available",
-					succeeded, need, promised, before.AvailableBytes)
-			}
+			reservetest.ParallelPromises(t, callers, need, before.AvailableBytes,
+				func(i int) error { return tc.call(ctx, b, i, need) })
 			if left, err := os.ReadDir(filepath.Join(pool, stagingDir)); err != nil || len(left) > 0 {
 				t.Errorf("staging after the calls: %v, %v; want it empty", left, err)
 			}

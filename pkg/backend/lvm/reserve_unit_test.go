@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tarn-csi/tarn/pkg/backend"
+	"github.com/tarn-csi/tarn/pkg/backend/reserve/reservetest"
 	"github.com/tarn-csi/tarn/pkg/faults"
 	lvmcmd "github.com/tarn-csi/tarn/pkg/lvm"
 	"github.com/tarn-csi/tarn/pkg/metrics"
@@ -361,40 +362,8 @@ func TestParallelCallsNeverPromiseMoreThanCapacity(t *testing.T) {
 			}
 			usedBefore := tc.used(f)
 			need := tc.need(before.AvailableBytes)
-			if need <= 0 || need*callers <= before.AvailableBytes {
-				t.Fatalf("%d calls of %d bytes do not exceed the %d available", callers, need, before.AvailableBytes)
-			}
-
-			start := make(chan struct{})
-			errs := make([]error, callers)
-			var wg sync.WaitGroup
-			for i := range callers {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					<-start
-					errs[i] = tc.call(ctx, b, i, need)
-				}()
-			}
-			close(start)
-			wg.Wait()
-
-			succeeded := 0
-			for i, err := range errs {
-				switch {
-				case err == nil:
-					succeeded++
-				case !errors.Is(err, backend.ErrNoSpace):
-					t.Errorf("call %d: %v, want success or ErrNoSpace", i, err)
-				}
-			}
-			if succeeded == 0 || succeeded == callers {
-				t.Errorf("%d of %d calls succeeded; the test wants some to be refused", succeeded, callers)
-			}
-			if promised := int64(succeeded) * need; promised > before.AvailableBytes {
-				t.Errorf("%d calls of %d bytes succeeded: %d bytes promised, %d were available",
-					succeeded, need, promised, before.AvailableBytes)
-			}
+			succeeded := reservetest.ParallelPromises(t, callers, need, before.AvailableBytes,
+				func(i int) error { return tc.call(ctx, b, i, need) })
 			if got, want := tc.used(f)-usedBefore, int64(succeeded)*need; got != want {
 				t.Errorf("LVM shows %d more bytes taken for %d successes of %d bytes, want %d", got, succeeded, need, want)
 			}
