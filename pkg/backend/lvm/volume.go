@@ -71,16 +71,16 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 		return backend.Volume{}, err
 	}
 	thinClone := src != nil && cls.Type == typeThin && src.lv.IsThin() && src.lv.Pool == b.cfg.ThinPool
-	// A thin clone is made at its source's size and extended after: until
-	// then LVM shows only part of what it was promised.
+	// The promise is kept until LVM shows the LV at its full size: right
+	// after it is made, or, for a thin clone made at its source's size,
+	// after its extension. Whatever fails first releases it on return.
 	growClone := thinClone && size > src.lv.Size
-	release := func() {}
-	defer func() { release() }()
+	release, err := b.reserve(ctx, cls.Type, b.cfg.ThinPool, cls.Ratio, size)
+	if err != nil {
+		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
+	}
+	defer release()
 	create := func() error {
-		var err error
-		if release, err = b.reserve(ctx, cls.Type, b.cfg.ThinPool, cls.Ratio, size); err != nil {
-			return err
-		}
 		if !growClone {
 			defer release()
 		}
