@@ -14,7 +14,9 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"testing"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 )
 
@@ -89,4 +91,15 @@ func (b *LogBuffer) Since(offset int) string {
 		offset = 0
 	}
 	return string(b.buf.Bytes()[offset:])
+}
+
+// FilesystemSize is the size of the filesystem mounted at path, as statfs
+// reports it: what a pod sees grow when its volume is expanded.
+func FilesystemSize(t testing.TB, path string) int64 {
+	t.Helper()
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		t.Fatalf("statfs %s: %v", path, err)
+	}
+	return int64(st.Blocks) * st.Bsize
 }

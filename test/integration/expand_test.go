@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/tarn-csi/tarn/test/harness"
 	"github.com/tarn-csi/tarn/test/testpool"
 )
 
@@ -35,7 +36,7 @@ func TestOnlineExpansion(t *testing.T) {
 			id := e.createVolume(t, "grow-"+tc.name, tc.fsType, tc.from, nil).GetVolumeId()
 			a := e.use(t, id, tc.fsType)
 			want := map[string]string{"data": writeRandomFile(t, a.path("data"), 16*MiB)}
-			before := statfsTotal(t, a.target)
+			before := harness.FilesystemSize(t, a.target)
 			growTo := &csi.CapacityRange{RequiredBytes: tc.to}
 
 			if tc.controller {
@@ -67,7 +68,7 @@ func TestOnlineExpansion(t *testing.T) {
 				t.Errorf("NodeExpandVolume: capacity %d, want at least %d", resp.GetCapacityBytes(), tc.to)
 			}
 
-			after := statfsTotal(t, a.target)
+			after := harness.FilesystemSize(t, a.target)
 			// Filesystem overhead grows with the size, but by far less
 			// than a tenth of the growth.
 			if grown := after - before; grown < (tc.to-tc.from)*9/10 || after > tc.to {
@@ -84,7 +85,7 @@ func TestOnlineExpansion(t *testing.T) {
 			e.fsckVolume(t, id, tc.fsType)
 			b := e.use(t, id, tc.fsType)
 			checkFiles(t, b.target, want)
-			if got := statfsTotal(t, b.target); got != after {
+			if got := harness.FilesystemSize(t, b.target); got != after {
 				t.Errorf("statfs after restaging: %d bytes, was %d right after the expansion", got, after)
 			}
 		})
@@ -175,11 +176,11 @@ func TestExpandThroughReadOnlyPublication(t *testing.T) {
 			VolumeId: id, VolumePath: a.target, CapacityRange: &csi.CapacityRange{RequiredBytes: size}})
 		return err
 	}
-	before := statfsTotal(t, a.target)
+	before := harness.FilesystemSize(t, a.target)
 	if err := expand(mid); err != nil {
 		t.Fatalf("NodeExpandVolume at the read-only publication, staging mount writable: %v", err)
 	}
-	if after := statfsTotal(t, a.target); after-before < (mid-from)*9/10 {
+	if after := harness.FilesystemSize(t, a.target); after-before < (mid-from)*9/10 {
 		t.Errorf("statfs of %s: %d bytes, was %d; want about %d more", a.target, after, before, mid-from)
 	}
 	checkFiles(t, a.target, want)

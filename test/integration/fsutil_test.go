@@ -145,16 +145,6 @@ func fsck(t *testing.T, device, fsType string) {
 	}
 }
 
-// statfsTotal returns the size of the filesystem at path as statfs sees it.
-func statfsTotal(t *testing.T, path string) int64 {
-	t.Helper()
-	var st unix.Statfs_t
-	if err := unix.Statfs(path, &st); err != nil {
-		t.Fatalf("statfs %s: %v", path, err)
-	}
-	return int64(st.Blocks) * st.Bsize
-}
-
 // blockSize returns BLKGETSIZE64 of a block device or of a file a block
 // device is bound onto.
 func blockSize(t *testing.T, path string) int64 {

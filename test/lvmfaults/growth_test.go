@@ -6,9 +6,9 @@ import (
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"golang.org/x/sys/unix"
 
 	"github.com/tarn-csi/tarn/pkg/backend"
+	"github.com/tarn-csi/tarn/test/harness"
 )
 
 // TestOnlineGrowth grows a mounted filesystem on an LV the way Kubernetes
@@ -45,7 +45,7 @@ func TestOnlineGrowth(t *testing.T) {
 					return err
 				})
 				sum := writeRandom(t, filepath.Join(staging, "data"), 8*MiB)
-				before := fsBytes(t, staging)
+				before := harness.FilesystemSize(t, staging)
 
 				e.must("expand", "ControllerExpandVolume "+id, e.expandCall(id, grown))
 				e.must("node-expand", "NodeExpandVolume "+id, func(ctx context.Context) error {
@@ -59,7 +59,7 @@ func TestOnlineGrowth(t *testing.T) {
 				})
 				// The filesystem's own overhead differs by type; what
 				// matters is that it gained (nearly) all the new space.
-				after := fsBytes(t, staging)
+				after := harness.FilesystemSize(t, staging)
 				if gained := after - before; gained < (grown-size)*9/10 {
 					t.Errorf("%s: mounted %s grew from %d to %d bytes, want about %d more", typ, fs, before, after, grown-size)
 				}
@@ -71,14 +71,4 @@ func TestOnlineGrowth(t *testing.T) {
 			}()
 		}
 	}
-}
-
-// fsBytes is the size of the filesystem mounted at dir, as statfs says.
-func fsBytes(t *testing.T, dir string) int64 {
-	t.Helper()
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		t.Fatalf("statfs %s: %v", dir, err)
-	}
-	return int64(st.Blocks) * st.Bsize
 }
