@@ -30,6 +30,9 @@ type mountWant struct {
 	// flags are the requested mount flags; only those the kernel shows
 	// back unchanged are compared (see shownMountFlags).
 	flags []string
+	// staging is a mount publication's staging path, whose read-only
+	// state its bind inherits (see withStagingReadonly).
+	staging string
 }
 
 // mountState is what the mount table says is at a path that holds the
@@ -139,31 +142,41 @@ func stageWant(c *csi.VolumeCapability) mountWant {
 
 // publishWant is what a publish asks of its target, as the bind that
 // NodePublishVolume makes would have it: the readonly flag, then the mount
-// flags (the last of ro and rw wins, as with mount(8)), then read-only
-// whenever the staging mount or its filesystem is, since mount-utils
-// copies that onto every bind. Otherwise a retry of a publish that got a
-// read-only bind without asking would be refused.
-func publishWant(req *csi.NodePublishVolumeRequest) (mountWant, error) {
+// flags (the last of ro and rw wins, as with mount(8)). The staging mount's
+// own read-only state, which mount-utils copies onto every bind, is added
+// by withStagingReadonly only when a mount is found at the target: a fresh
+// publication need not read the mount table for it.
+func publishWant(req *csi.NodePublishVolumeRequest) mountWant {
 	if req.GetVolumeCapability().GetBlock() != nil {
 		// The device is bound with no mount flags.
-		return mountWant{publish: true, block: true, readonly: req.GetReadonly()}, nil
+		return mountWant{publish: true, block: true, readonly: req.GetReadonly()}
 	}
 	flags := req.GetVolumeCapability().GetMount().GetMountFlags()
-	ro := lastReadonly(req.GetReadonly(), flags)
-	staging, err := mountAt(req.GetStagingTargetPath())
-	if err != nil {
-		return mountWant{}, err
-	}
-	if staging != nil && (slices.Contains(strings.Split(staging.Options, ","), "ro") ||
-		slices.Contains(strings.Split(staging.VFSOptions, ","), "ro")) {
-		ro = true
-	}
 	return mountWant{
 		publish:  true,
 		fsType:   req.GetVolumeCapability().GetMount().GetFsType(),
-		readonly: ro,
+		readonly: lastReadonly(req.GetReadonly(), flags),
 		flags:    flags,
-	}, nil
+		staging:  req.GetStagingTargetPath(),
+	}
+}
+
+// withStagingReadonly makes a mount publication's want read-only whenever
+// its staging mount or that mount's filesystem is: otherwise a retry of a
+// publish that got a read-only bind without asking would be refused.
+func (w mountWant) withStagingReadonly() (mountWant, error) {
+	if !w.publish || w.block || w.readonly || w.staging == "" {
+		return w, nil
+	}
+	staging, err := mountAt(w.staging)
+	if err != nil {
+		return w, fmt.Errorf("inspect staging path %s: %w", w.staging, err)
+	}
+	if staging != nil && (slices.Contains(strings.Split(staging.Options, ","), "ro") ||
+		slices.Contains(strings.Split(staging.VFSOptions, ","), "ro")) {
+		w.readonly = true
+	}
+	return w, nil
 }
 
 // lastReadonly applies the ro and rw among flags to ro, the last winning.

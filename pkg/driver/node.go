@@ -266,10 +266,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if device == "" {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged on this node", id)
 	}
-	want, err := publishWant(req)
-	if err != nil {
-		return nil, status.Errorf(codes.Internal, "inspect staging path %s: %v", staging, err)
-	}
+	want := publishWant(req)
 	// Before what a new publication needs: a target already holding this
 	// volume under the other access type is AlreadyExists, not the
 	// FailedPrecondition of a volume in use elsewhere.
@@ -350,6 +347,9 @@ func (d *Driver) alreadyMounted(path, device string, want mountWant, id string) 
 	}
 	if !same {
 		return false, status.Errorf(codes.AlreadyExists, "%s already holds something other than volume %s", path, id)
+	}
+	if want, err = want.withStagingReadonly(); err != nil {
+		return false, status.Errorf(codes.Internal, "%v", err)
 	}
 	if diffs := have.incompatibilities(want); len(diffs) > 0 {
 		verb := "staged"

@@ -103,3 +103,27 @@ func TestIncompatibleRepeatsAreRefused(t *testing.T) {
 	e.release(t, a)
 	e.fsckVolume(t, id, "ext4")
 }
+
+// TestRepeatOnReadOnlyStagingIsAccepted: a publication of a read-only
+// staging mount is read-only whatever the publish asked (mount-utils copies
+// the staging mount's ro onto the bind), so an identical retry of that
+// publish must succeed, not be refused for the read-only it never asked.
+func TestRepeatOnReadOnlyStagingIsAccepted(t *testing.T) {
+	e := startInProcess(t, testpool.XFSReflink, 2*GiB)
+	id := e.createVolume(t, "ro-staging", "ext4", bigVolume, nil).GetVolumeId()
+	// A read-only stage cannot format: the filesystem is made first.
+	e.release(t, e.stage(t, id, "ext4"))
+	a := e.stageWith(t, id, "ext4", mountCapability("ext4", "ro"))
+	a.cap = capability("ext4")
+	e.publish(t, a)
+	if opts := mountOptions(t, a.target); !slices.Contains(opts, "ro") {
+		t.Fatalf("target %s of a read-only staging mount has options %v, want ro", a.target, opts)
+	}
+	ctx, cancel := callCtx()
+	defer cancel()
+	if _, err := e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id,
+		StagingTargetPath: a.staging, TargetPath: a.target, VolumeCapability: a.capability()}); err != nil {
+		t.Errorf("identical NodePublishVolume on a read-only staging mount: %v", err)
+	}
+	e.release(t, a)
+}
