@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/tarn-csi/tarn/test/harness"
 )
 
 const (
@@ -139,15 +141,7 @@ func (d *demo) volumeStats(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("NodeGetVolumeStats: %w", err)
 	}
-	var bytes, inodes *csi.VolumeUsage
-	for _, u := range resp.GetUsage() {
-		switch u.GetUnit() {
-		case csi.VolumeUsage_BYTES:
-			bytes = u
-		case csi.VolumeUsage_INODES:
-			inodes = u
-		}
-	}
+	bytes, inodes := harness.Usage(resp)
 	if bytes == nil {
 		return "", errors.New("NodeGetVolumeStats reported no byte usage")
 	}

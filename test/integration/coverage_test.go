@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/tarn-csi/tarn/pkg/backend"
+	"github.com/tarn-csi/tarn/test/harness"
 	"github.com/tarn-csi/tarn/test/testpool"
 )
 
@@ -236,15 +237,7 @@ func (e *env) volumeStats(t *testing.T, a attachment) (bytes, inodes *csi.Volume
 		t.Fatalf("NodeGetVolumeStats %s at %s: %v", a.volID, a.target, err)
 	}
 	st[1] = statfsOf(t, a.target)
-	for _, u := range resp.GetUsage() {
-		switch u.GetUnit() {
-		case csi.VolumeUsage_BYTES:
-			bytes = u
-		case csi.VolumeUsage_INODES:
-			inodes = u
-		}
-	}
-	if bytes == nil || inodes == nil {
+	if bytes, inodes = harness.Usage(resp); bytes == nil || inodes == nil {
 		t.Fatalf("NodeGetVolumeStats = %v, want a BYTES and an INODES entry", resp)
 	}
 	return bytes, inodes, st

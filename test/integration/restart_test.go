@@ -114,12 +114,10 @@ func TestDriverKilledBetweenStageAndUnstage(t *testing.T) {
 	}
 }
 
-// bytesTotal returns the total of the BYTES usage entry.
+// bytesTotal returns the total of the BYTES usage entry, -1 without one.
 func bytesTotal(r *csi.NodeGetVolumeStatsResponse) int64 {
-	for _, u := range r.GetUsage() {
-		if u.GetUnit() == csi.VolumeUsage_BYTES {
-			return u.GetTotal()
-		}
+	if bytes, _ := harness.Usage(r); bytes != nil {
+		return bytes.GetTotal()
 	}
 	return -1
 }
