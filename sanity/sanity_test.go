@@ -140,7 +140,7 @@ func TestSanityConfiguration(t *testing.T) {
 	c := matrix()[i]
 	work := t.TempDir()
 	socket := filepath.Join(work, "csi.sock")
-	args := []string{"serve", "--endpoint", "unix://" + socket, "--node-id", "sanity-node"}
+	args := []string{"serve", "--endpoint", "unix://" + socket, "--node-id", "sanity-node", "--kubelet-dir", work}
 	params := map[string]string{}
 	if c.backend == "lvm" {
 		args = append(args, lvmFlags(t, c)...)

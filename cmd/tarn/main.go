@@ -70,16 +70,18 @@ Run 'tarn serve -h' for the flags of serve.
 
 // serveConfig holds the flags of 'tarn serve'.
 type serveConfig struct {
-	endpoint       string
-	nodeID         string
-	backendKind    string
-	poolDir        string
-	directIO       bool
-	disableReflink bool
-	freezeTimeout  time.Duration
-	maxVolumes     int64
-	volumeGroup    string
-	thinPool       string
+	endpoint        string
+	sidecarEndpoint string
+	kubeletDir      string
+	nodeID          string
+	backendKind     string
+	poolDir         string
+	directIO        bool
+	disableReflink  bool
+	freezeTimeout   time.Duration
+	maxVolumes      int64
+	volumeGroup     string
+	thinPool        string
 	// registrationDir, kubeletEndpoint and healthAddress make tarn its own
 	// node-driver-registrar and liveness probe in Kubernetes.
 	registrationDir string
@@ -95,7 +97,9 @@ func parseServeFlags(args []string) (serveConfig, error) {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	hostname, _ := os.Hostname()
 	var c serveConfig
-	fs.StringVar(&c.endpoint, "endpoint", "unix:///run/tarn/csi.sock", "CSI endpoint (unix socket)")
+	fs.StringVar(&c.endpoint, "endpoint", "unix:///run/tarn/csi.sock", "CSI endpoint (unix socket, owner only): the kubelet's; with --sidecar-endpoint it serves only Identity and Node")
+	fs.StringVar(&c.sidecarEndpoint, "sidecar-endpoint", "", "second CSI socket for the sidecars: Identity, Controller and NodeGetInfo, open to --socket-group-id; empty: --endpoint serves everything")
+	fs.StringVar(&c.kubeletDir, "kubelet-dir", "/var/lib/kubelet", "the kubelet's root directory; staging and target paths must lie under it")
 	fs.StringVar(&c.nodeID, "node-id", hostname, "this node's ID, also its topology value")
 	fs.StringVar(&c.backendKind, "backend", "loop", "storage backend: loop or lvm")
 	fs.StringVar(&c.poolDir, "pool-dir", "/var/lib/tarn/pool", "loop backend: directory holding the pool")
@@ -109,7 +113,7 @@ func parseServeFlags(args []string) (serveConfig, error) {
 	fs.StringVar(&c.kubeletEndpoint, "kubelet-endpoint", "", "path of the CSI socket as the kubelet sees it; default: the --endpoint path")
 	fs.StringVar(&c.healthAddress, "health-address", "", "address for GET /healthz (e.g. :9808); empty: off")
 	fs.StringVar(&c.metricsAddress, "metrics-address", "", "serve Prometheus metrics at http://ADDRESS/metrics (e.g. :9809); empty: off")
-	fs.IntVar(&c.socketGroup, "socket-group-id", -1, "group that may also connect to the socket (mode 0660); -1: only the owner")
+	fs.IntVar(&c.socketGroup, "socket-group-id", -1, "group that may also connect to the sidecar socket (mode 0660); -1: only the owner")
 	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(klogFlags)
 	klogFlags.VisitAll(func(f *flag.Flag) { fs.Var(f.Value, f.Name, f.Usage) })
@@ -165,6 +169,8 @@ func serve(args []string) error {
 	d, err := driver.New(driver.Config{
 		Metrics:           m,
 		Endpoint:          c.endpoint,
+		SidecarEndpoint:   c.sidecarEndpoint,
+		KubeletDir:        c.kubeletDir,
 		NodeID:            c.nodeID,
 		Version:           version,
 		Backend:           b,

@@ -29,7 +29,7 @@ func startDriver(t *testing.T, socket string) (pool string, conn *grpc.ClientCon
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := New(Config{Endpoint: "unix://" + socket, NodeID: "n1", Backend: b})
+	d, err := New(Config{Endpoint: "unix://" + socket, NodeID: "n1", KubeletDir: "/var/lib/kubelet", Backend: b})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +139,7 @@ func TestHealthEndpointFollowsPool(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := New(Config{Endpoint: "unix:///unused", NodeID: "n1", Backend: b})
+	d, err := New(Config{Endpoint: "unix:///unused", NodeID: "n1", KubeletDir: "/var/lib/kubelet", Backend: b})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -54,7 +54,7 @@ func (d *Driver) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolume
 	}
 	for what, p := range map[string]string{"volume publish path": req.GetVolumePublishPath(), "staging target path": req.GetStagingTargetPath()} {
 		if p != "" {
-			if err := validatePath(what, p); err != nil {
+			if err := d.nodePath(what, p); err != nil {
 				return nil, err
 			}
 		}

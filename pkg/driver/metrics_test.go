@@ -41,7 +41,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	socket := filepath.Join(t.TempDir(), "csi.sock")
-	d, err := New(Config{Endpoint: "unix://" + socket, NodeID: "n1", Backend: b, Metrics: m})
+	d, err := New(Config{Endpoint: "unix://" + socket, NodeID: "n1", KubeletDir: "/var/lib/kubelet", Backend: b, Metrics: m})
 	if err != nil {
 		t.Fatal(err)
 	}

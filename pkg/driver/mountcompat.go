@@ -132,7 +132,7 @@ func stageWant(c *csi.VolumeCapability) mountWant {
 	if c.GetBlock() != nil {
 		return mountWant{block: true}
 	}
-	flags := c.GetMount().GetMountFlags()
+	flags := mountOptions(c.GetMount().GetMountFlags(), readerOnly(c))
 	return mountWant{
 		fsType:   c.GetMount().GetFsType(),
 		readonly: lastReadonly(false, flags),
@@ -141,24 +141,33 @@ func stageWant(c *csi.VolumeCapability) mountWant {
 }
 
 // publishWant is what a publish asks of its target, as the bind that
-// NodePublishVolume makes would have it: the readonly flag, then the mount
-// flags (the last of ro and rw wins, as with mount(8)). The staging mount's
+// NodePublishVolume makes would have it: read-only when publishReadonly
+// says so, else as the mount flags say (the last of ro and rw wins, as with
+// mount(8)). The staging mount's
 // own read-only state, which mount-utils copies onto every bind, is added
 // by withStagingReadonly only when a mount is found at the target: a fresh
 // publication need not read the mount table for it.
 func publishWant(req *csi.NodePublishVolumeRequest) mountWant {
+	readonly := publishReadonly(req)
 	if req.GetVolumeCapability().GetBlock() != nil {
 		// The device is bound with no mount flags.
-		return mountWant{publish: true, block: true, readonly: req.GetReadonly()}
+		return mountWant{publish: true, block: true, readonly: readonly}
 	}
-	flags := req.GetVolumeCapability().GetMount().GetMountFlags()
+	flags := mountOptions(req.GetVolumeCapability().GetMount().GetMountFlags(), readonly)
 	return mountWant{
 		publish:  true,
 		fsType:   req.GetVolumeCapability().GetMount().GetFsType(),
-		readonly: lastReadonly(req.GetReadonly(), flags),
+		readonly: lastReadonly(false, flags),
 		flags:    flags,
 		staging:  req.GetStagingTargetPath(),
 	}
+}
+
+// publishReadonly says whether a publication must be read-only whatever its
+// mount flags say: the spec makes readonly binding, and a reader-only
+// access mode grants no writes.
+func publishReadonly(req *csi.NodePublishVolumeRequest) bool {
+	return req.GetReadonly() || readerOnly(req.GetVolumeCapability())
 }
 
 // withStagingReadonly makes a mount publication's want read-only whenever

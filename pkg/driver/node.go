@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
@@ -51,7 +52,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if id == "" {
 		return nil, errInvalid("volume ID is missing")
 	}
-	if err := validatePath("staging target path", staging); err != nil {
+	if err := d.nodePath("staging target path", staging); err != nil {
 		return nil, err
 	}
 	if err := validateCapability(req.GetVolumeCapability()); err != nil {
@@ -118,8 +119,8 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		// The stage that mounted it may have been cut short before it
 		// grew the filesystem; the retry must not leave it smaller than
 		// the volume.
-		if err := d.mounter.ResizeFS(device, staging); err != nil {
-			return nil, status.Errorf(codes.Internal, "%v", err)
+		if err := d.growFilesystem(device, staging, want); err != nil {
+			return nil, err
 		}
 		staged = true
 		return &csi.NodeStageVolumeResponse{}, nil
@@ -140,10 +141,10 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err := d.checkFormat(device, fsType, id); err != nil {
 		return nil, err
 	}
-	options := slices.Clone(req.GetVolumeCapability().GetMount().GetMountFlags())
+	options := slices.Clone(want.flags)
 	if fsType == "xfs" && !slices.Contains(options, "nouuid") {
-		// A clone or restore has its origin's UUID unless regeneration
-		// succeeded; nouuid lets both mount side by side either way.
+		// A clone or restore has its origin's UUID; nouuid lets both
+		// mount side by side.
 		options = append(options, "nouuid")
 	}
 	if err := os.MkdirAll(staging, 0o750); err != nil {
@@ -156,12 +157,24 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	d.faults.Point("stage-volume.after-mount")
 	// A volume restored or cloned into a larger size, or expanded while
 	// unstaged, has a filesystem smaller than its device.
-	if err := d.mounter.ResizeFS(device, staging); err != nil {
-		return nil, status.Errorf(codes.Internal, "%v", err)
+	if err := d.growFilesystem(device, staging, want); err != nil {
+		return nil, err
 	}
 	staged = true
 	klog.InfoS("Staged volume", "volumeID", id, "device", device, "stagingPath", staging, "fsType", fsType)
 	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// growFilesystem makes the staged filesystem fill its device, except on a
+// read-only stage, which must not write.
+func (d *Driver) growFilesystem(device, staging string, want mountWant) error {
+	if want.readonly {
+		return nil
+	}
+	if err := d.mounter.ResizeFS(device, staging); err != nil {
+		return status.Errorf(codes.Internal, "%v", err)
+	}
+	return nil
 }
 
 // checkFormat refuses, before anything is written, a filesystem the
@@ -193,7 +206,7 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 	if id == "" {
 		return nil, errInvalid("volume ID is missing")
 	}
-	if err := validatePath("staging target path", staging); err != nil {
+	if err := d.nodePath("staging target path", staging); err != nil {
 		return nil, err
 	}
 	release, err := d.lock(id)
@@ -206,6 +219,20 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	mounted, err := isMountPoint(d.mounter, staging)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "inspect staging path %s: %v", staging, err)
+	}
+	if mounted {
+		if ours, err := holdsVolume(staging, device); err != nil {
+			return nil, status.Errorf(codes.Internal, "inspect staging path %s: %v", staging, err)
+		} else if !ours {
+			// The spec's answer for a volume not staged at this path;
+			// whatever is mounted there is someone else's.
+			klog.InfoS("Staging path holds another device; nothing to unstage", "volumeID", id, "stagingPath", staging)
+			return &csi.NodeUnstageVolumeResponse{}, nil
+		}
+	}
 	if device != "" {
 		// Detaching a device that is still bound somewhere would only
 		// arm the kernel's auto-clear; say what holds it instead.
@@ -216,10 +243,6 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 		if len(others) > 0 {
 			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still published at %s; unpublish it first", id, others[0])
 		}
-	}
-	mounted, err := isMountPoint(d.mounter, staging)
-	if err != nil {
-		return nil, status.Errorf(codes.Internal, "inspect staging path %s: %v", staging, err)
 	}
 	if mounted {
 		if err := d.mounter.Unmount(staging); err != nil {
@@ -241,10 +264,10 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if id == "" {
 		return nil, errInvalid("volume ID is missing")
 	}
-	if err := validatePath("target path", target); err != nil {
+	if err := d.nodePath("target path", target); err != nil {
 		return nil, err
 	}
-	if err := validatePath("staging target path", staging); err != nil {
+	if err := d.nodePath("staging target path", staging); err != nil {
 		return nil, err
 	}
 	if err := validateCapability(req.GetVolumeCapability()); err != nil {
@@ -282,8 +305,15 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 			return nil, err
 		}
 	} else {
+		// Only this volume's own staging mount is bound: any other mount
+		// named as the staging path would hand its content to the pod.
 		if ok, err := isMountPoint(d.mounter, staging); err != nil || !ok {
 			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not mounted at staging path %s", id, staging)
+		}
+		if ours, err := holdsVolume(staging, device); err != nil {
+			return nil, status.Errorf(codes.Internal, "inspect staging path %s: %v", staging, err)
+		} else if !ours {
+			return nil, status.Errorf(codes.FailedPrecondition, "staging path %s holds something other than volume %s", staging, id)
 		}
 		source = staging
 	}
@@ -301,17 +331,14 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err := makeTarget(target, block); err != nil {
 		return nil, status.Errorf(codes.Internal, "create target path: %v", err)
 	}
-	options := []string{"bind"}
-	if req.GetReadonly() {
+	options := append([]string{"bind"}, want.flags...)
+	if want.readonly && !slices.Contains(options, "ro") {
 		options = append(options, "ro")
-	}
-	if !block {
-		options = append(options, req.GetVolumeCapability().GetMount().GetMountFlags()...)
 	}
 	if err := d.mounter.Mount(source, target, "", options); err != nil {
 		return nil, status.Errorf(codes.Internal, "bind %s at %s: %v", source, target, err)
 	}
-	klog.InfoS("Published volume", "volumeID", id, "targetPath", target, "block", block, "readonly", req.GetReadonly())
+	klog.InfoS("Published volume", "volumeID", id, "targetPath", target, "block", block, "readonly", want.readonly)
 	return &csi.NodePublishVolumeResponse{}, nil
 }
 
@@ -388,13 +415,15 @@ func makeTarget(target string, block bool) error {
 }
 
 // NodeUnpublishVolume implements csi.NodeServer. The target is unmounted
-// and removed; a target that is already gone is success.
+// and removed when it holds this volume; a target that is gone, or that
+// holds something else, is the spec's "not published there": success, and
+// nothing is touched.
 func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
 	id, target := req.GetVolumeId(), req.GetTargetPath()
 	if id == "" {
 		return nil, errInvalid("volume ID is missing")
 	}
-	if err := validatePath("target path", target); err != nil {
+	if err := d.nodePath("target path", target); err != nil {
 		return nil, err
 	}
 	release, err := d.lock(id)
@@ -408,15 +437,59 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 		return nil, status.Errorf(codes.Internal, "inspect target path %s: %v", target, err)
 	}
 	if mounted {
+		device, err := d.backend.DevicePath(ctx, id)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		ours, err := holdsVolume(target, device)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "inspect target path %s: %v", target, err)
+		}
+		if !ours {
+			klog.InfoS("Target path holds another device; nothing to unpublish", "volumeID", id, "targetPath", target)
+			return &csi.NodeUnpublishVolumeResponse{}, nil
+		}
 		if err := d.mounter.Unmount(target); err != nil {
 			return nil, status.Errorf(codes.Internal, "unmount %s: %v", target, err)
 		}
 	}
-	if err := os.Remove(target); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := removeTarget(target); err != nil {
 		return nil, status.Errorf(codes.Internal, "remove target path %s: %v", target, err)
 	}
 	klog.InfoS("Unpublished volume", "volumeID", id, "targetPath", target)
 	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// removeTarget removes what makeTarget creates, an empty directory or an
+// empty file, and leaves anything else alone: a path with content was not
+// made by a publish.
+func removeTarget(target string) error {
+	fi, err := os.Lstat(target)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	if !fi.IsDir() && !(fi.Mode().IsRegular() && fi.Size() == 0) {
+		klog.InfoS("Target path is not what a publish makes; left in place", "targetPath", target, "mode", fi.Mode().String())
+		return nil
+	}
+	err = os.Remove(target)
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOTEMPTY) || errors.Is(err, unix.EEXIST) {
+		return nil
+	}
+	return err
+}
+
+// holdsVolume says whether path, a mount point, holds the volume attached as
+// device (its filesystem or its device node); false when the volume is not
+// attached at all.
+func holdsVolume(path, device string) (bool, error) {
+	if device == "" {
+		return false, nil
+	}
+	_, same, err := mountedDevice(path, device)
+	return same, err
 }
 
 func notFoundPath(what, p string) error {

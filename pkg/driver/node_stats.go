@@ -24,7 +24,7 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 	if _, err := d.backend.GetVolume(ctx, id); err != nil {
 		return nil, toStatus(err)
 	}
-	if err := existingPath(path); err != nil {
+	if err := d.existingPath(path); err != nil {
 		return nil, err
 	}
 
@@ -96,7 +96,7 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	if err := existingPath(path); err != nil {
+	if err := d.existingPath(path); err != nil {
 		return nil, err
 	}
 	size := vol.SizeBytes
@@ -145,10 +145,14 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 }
 
 // existingPath accepts a volume path only when it is absolute, clean and
-// present; anything else names no volume on this node.
-func existingPath(p string) error {
+// present; anything else names no volume on this node. A path outside the
+// kubelet directory is refused outright.
+func (d *Driver) existingPath(p string) error {
 	if validatePath("volume path", p) != nil {
 		return notFoundPath("volume path", p)
+	}
+	if err := d.confinePath("volume path", p); err != nil {
+		return err
 	}
 	if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
 		return notFoundPath("volume path", p)

@@ -91,6 +91,9 @@ func validateCapability(c *csi.VolumeCapability) error {
 		if fs != "" && !supportedFsTypes[fs] {
 			return errInvalid("filesystem %q is not supported: use ext4 or xfs", c.GetMount().GetFsType())
 		}
+		if err := checkMountFlags(c.GetMount().GetMountFlags()); err != nil {
+			return err
+		}
 	default:
 		return errInvalid("volume capability has neither block nor mount access")
 	}

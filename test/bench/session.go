@@ -30,7 +30,7 @@ type session struct {
 // start runs a fresh tarn on the pool with extra flags (e.g. --direct-io).
 func (s *session) start(ctx context.Context, extra ...string) error {
 	s.starts++
-	args := append(append([]string{fmt.Sprintf("-v=%d", s.verbose)}, s.pool.ServeArgs()...), extra...)
+	args := append(append([]string{fmt.Sprintf("-v=%d", s.verbose), "--kubelet-dir=" + filepath.Join(s.dir, "node")}, s.pool.ServeArgs()...), extra...)
 	logPath := filepath.Join(s.dir, fmt.Sprintf("tarn-%s-%d.log", s.pool.Info().Kind, s.starts))
 	t, err := startTarn(ctx, s.bin, filepath.Join(s.dir, "csi.sock"), logPath, args)
 	if err != nil {

@@ -101,7 +101,7 @@ func (d *demo) rpc(fn func(ctx context.Context) error) func(ctx context.Context)
 }
 
 func (d *demo) startTarn(ctx context.Context) (string, error) {
-	p, err := startTarn(d.cfg.tarn, "unix://"+d.socket, d.pool, d.logPath)
+	p, err := startTarn(d.cfg.tarn, "unix://"+d.socket, d.pool, d.tmp, d.logPath)
 	if err != nil {
 		return "", err
 	}

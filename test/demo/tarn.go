@@ -31,7 +31,8 @@ type tarnProcess struct {
 }
 
 // startTarn runs 'tarn serve' with its output in logPath.
-func startTarn(binary, endpoint, poolDir, logPath string) (*tarnProcess, error) {
+// Staging and target paths lie under kubeletDir, as the kubelet's would.
+func startTarn(binary, endpoint, poolDir, kubeletDir, logPath string) (*tarnProcess, error) {
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("create tarn log: %w", err)
@@ -41,6 +42,7 @@ func startTarn(binary, endpoint, poolDir, logPath string) (*tarnProcess, error) 
 	cmd := exec.Command(binary, "serve",
 		"--endpoint", endpoint,
 		"--pool-dir", poolDir,
+		"--kubelet-dir", kubeletDir,
 		"--node-id", nodeID,
 		"-v=2")
 	cmd.Stdout, cmd.Stderr = logFile, logFile

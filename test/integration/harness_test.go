@@ -98,7 +98,7 @@ func startInProcess(t *testing.T, kind testpool.Kind, size int64) *env {
 		cancel()
 		t.Fatalf("open pool: %v", err)
 	}
-	d, err := driver.New(driver.Config{Endpoint: "unix://" + e.sock, NodeID: nodeID, Version: "integration", Backend: b})
+	d, err := driver.New(driver.Config{Endpoint: "unix://" + e.sock, NodeID: nodeID, Version: "integration", Backend: b, KubeletDir: e.work})
 	if err != nil {
 		cancel()
 		t.Fatal(err)

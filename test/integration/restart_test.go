@@ -26,7 +26,7 @@ func (e *env) serve(t *testing.T) {
 		t.Fatal("serve: the previous tarn process is still running")
 	}
 	p, err := harness.Start(exec.Command(tarnBinary, "serve",
-		"--endpoint=unix://"+e.sock, "--node-id="+nodeID, "--pool-dir="+e.pool, "-v=2"))
+		"--endpoint=unix://"+e.sock, "--node-id="+nodeID, "--pool-dir="+e.pool, "--kubelet-dir="+e.work, "-v=2"))
 	if err != nil {
 		t.Fatalf("start %s: %v", tarnBinary, err)
 	}

@@ -274,7 +274,7 @@ func (e *env) serve(environ ...string) {
 		t.Fatal("serve: the previous tarn process is still running")
 	}
 	cmd := exec.Command(e.binary, "serve", "--backend=lvm", "--volume-group="+e.vg, "--thin-pool="+poolName,
-		"--endpoint=unix://"+e.sock, "--node-id="+nodeID, "-v=2")
+		"--endpoint=unix://"+e.sock, "--node-id="+nodeID, "--kubelet-dir="+e.work, "-v=2")
 	cmd.Dir = e.work
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	p, err := harness.Start(cmd, environ...)

@@ -125,7 +125,7 @@ func (e *env) startInProcess(t *testing.T, withMetrics bool) (m *metrics.Metrics
 			t.Fatal(err)
 		}
 	}
-	d, err := driver.New(driver.Config{Endpoint: "unix://" + e.sock, NodeID: nodeID, Version: "reliability", Backend: b, Metrics: m})
+	d, err := driver.New(driver.Config{Endpoint: "unix://" + e.sock, NodeID: nodeID, Version: "reliability", Backend: b, Metrics: m, KubeletDir: e.work})
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -222,7 +222,7 @@ func (e *env) serveWith(t *testing.T, dir string, environ ...string) {
 		binary = tarnBinary
 	}
 	cmd := exec.Command(binary, "serve", "--endpoint=unix://"+e.sock, "--node-id="+nodeID,
-		"--pool-dir="+e.pool, "-v=2")
+		"--pool-dir="+e.pool, "--kubelet-dir="+e.work, "-v=2")
 	cmd.Dir = dir
 	p, err := harness.Start(cmd, environ...)
 	if err != nil {
