@@ -146,6 +146,17 @@ func serve(args []string) error {
 		return err
 	}
 
+	if c.backendKind == "loop" {
+		if err := os.MkdirAll(c.poolDir, 0o700); err != nil {
+			return fmt.Errorf("create pool directory: %w", err)
+		}
+	}
+	lock, err := lockInstance(instanceLockPath(c))
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+
 	var m *metrics.Metrics
 	// The backend reports its start-up sweep, so it gets the metrics
 	// before it opens the pool.
@@ -228,9 +239,6 @@ func runAll(ctx context.Context, d *driver.Driver, c serveConfig) error {
 func openBackend(ctx context.Context, c serveConfig, rec metrics.Recorder, inj faults.Injector) (backend.Backend, error) {
 	switch c.backendKind {
 	case "loop":
-		if err := os.MkdirAll(c.poolDir, 0o700); err != nil {
-			return nil, fmt.Errorf("create pool directory: %w", err)
-		}
 		return loop.New(ctx, loop.Config{
 			PoolDir:        c.poolDir,
 			DirectIO:       c.directIO,
