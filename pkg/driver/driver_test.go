@@ -133,33 +133,54 @@ func TestProbeFollowsPool(t *testing.T) {
 	}
 }
 
-func TestHealthEndpointFollowsPool(t *testing.T) {
+// TestLivenessIsServingReadinessIsThePool checks the two probes: liveness
+// says only whether the CSI server answers, so that a full or broken pool
+// never gets the node plugin restarted in a loop; readiness follows the
+// pool.
+func TestLivenessIsServingReadinessIsThePool(t *testing.T) {
 	pool := t.TempDir()
+	socket := filepath.Join(t.TempDir(), "csi.sock")
 	b, err := loop.New(context.Background(), loop.Config{PoolDir: pool})
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := New(Config{Endpoint: "unix:///unused", NodeID: "n1", KubeletDir: "/var/lib/kubelet", Backend: b})
+	d, err := New(Config{Endpoint: "unix://" + socket, NodeID: "n1", KubeletDir: "/var/lib/kubelet", Backend: b})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(d.healthHandler())
 	defer srv.Close()
-	get := func() int {
-		resp, err := http.Get(srv.URL + "/healthz")
+	get := func(path string) int {
+		resp, err := http.Get(srv.URL + path)
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	if code := get(); code != http.StatusOK {
-		t.Errorf("healthy pool: %d", code)
+	if code := get("/healthz"); code != http.StatusServiceUnavailable {
+		t.Errorf("liveness before the CSI server runs: %d, want 503", code)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	dialDriver(t, socket)
+	// Each probe answers from a result at most healthCacheFor old, so that
+	// a flood of requests costs nothing; wait out the one before Run.
+	time.Sleep(healthCacheFor + 100*time.Millisecond)
+	for path, want := range map[string]int{"/healthz": http.StatusOK, "/readyz": http.StatusOK} {
+		if code := get(path); code != want {
+			t.Errorf("healthy pool, %s: %d, want %d", path, code, want)
+		}
 	}
 	if err := os.RemoveAll(filepath.Join(pool, ".staging")); err != nil {
 		t.Fatal(err)
 	}
-	if code := get(); code != http.StatusServiceUnavailable {
-		t.Errorf("broken pool: %d, want 503", code)
+	time.Sleep(healthCacheFor + 100*time.Millisecond)
+	for path, want := range map[string]int{"/healthz": http.StatusOK, "/readyz": http.StatusServiceUnavailable} {
+		if code := get(path); code != want {
+			t.Errorf("broken pool, %s: %d, want %d", path, code, want)
+		}
 	}
 }
