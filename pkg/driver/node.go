@@ -138,7 +138,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if fsType == "" {
 		fsType = defaultFsType
 	}
-	if err := d.checkFormat(device, fsType, id); err != nil {
+	if err := d.checkFormat(device, fsType, id, want.readonly); err != nil {
 		return nil, err
 	}
 	options := slices.Clone(want.flags)
@@ -178,8 +178,9 @@ func (d *Driver) growFilesystem(device, staging string, want mountWant) error {
 }
 
 // checkFormat refuses, before anything is written, a filesystem the
-// volume cannot take: another one is already on it, or it is too small.
-func (d *Driver) checkFormat(device, fsType, id string) error {
+// volume cannot take: another one is already on it, it is too small, or
+// the stage is read-only and there is none yet, which it must not make.
+func (d *Driver) checkFormat(device, fsType, id string, readonly bool) error {
 	existing, err := d.mounter.GetDiskFormat(device)
 	if err != nil {
 		return status.Errorf(codes.Internal, "inspect %s: %v", device, err)
@@ -189,6 +190,9 @@ func (d *Driver) checkFormat(device, fsType, id string) error {
 			return status.Errorf(codes.FailedPrecondition, "volume %s holds %s, not %s", id, existing, fsType)
 		}
 		return nil
+	}
+	if readonly {
+		return status.Errorf(codes.FailedPrecondition, "volume %s holds no filesystem yet, and a read-only stage cannot make one", id)
 	}
 	size, err := blockDeviceSize(device)
 	if err != nil {

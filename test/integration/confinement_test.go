@@ -226,6 +226,16 @@ func TestReadOnlyAlwaysWins(t *testing.T) {
 		})
 	}
 
+	// A reader-only stage must not write, so it cannot format a blank
+	// volume: a clear refusal, nothing left attached or mounted.
+	blank := e.createVolume(t, "blank", "ext4", bigVolume, nil).GetVolumeId()
+	before := testpool.Snapshot(t)
+	ctx, cancel := callCtx()
+	_, err := e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: blank, StagingTargetPath: filepath.Join(e.work, "blank"), VolumeCapability: readerOnly})
+	cancel()
+	wantCode(t, err, codes.FailedPrecondition, "reader-only NodeStageVolume of a volume with no filesystem")
+	testpool.AssertNoLeaks(t, before)
+
 	for _, flag := range []string{"logdev=/dev/sda", "rtdev=/dev/sda", "errors=panic", "noatime,errors=panic", "context=system_u:object_r:container_file_t:s0"} {
 		c := &csi.VolumeCapability{
 			AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},

@@ -74,10 +74,8 @@ func TestMalformedRequests(t *testing.T) {
 	t.Logf("malformed requests: %d sent in %v, %d valid enough to create a volume, %d a snapshot, %d to stage, %d to publish\n%s",
 		n, time.Since(start).Round(time.Millisecond), len(f.volumes), len(f.snapshots), len(r.stages), len(r.publishes), r.table())
 	if r.crossUnmounts > 0 {
-		// Not a spec violation (the spec trusts the CO with paths), but
-		// worth knowing: the node calls do not check that the path holds
-		// the volume they name.
-		t.Logf("malformed requests: %d unstage/unpublish calls naming one volume unmounted another's path", r.crossUnmounts)
+		// A node call touches only what belongs to the volume it names.
+		t.Errorf("malformed requests: %d unstage/unpublish calls naming one volume unmounted another's path", r.crossUnmounts)
 	}
 	if r.exempt > 0 {
 		t.Logf("malformed requests: %d Internal answers let through: mount options the kernel refused, or ext4 growth without CAP_SYS_RESOURCE", r.exempt)
@@ -118,7 +116,10 @@ type fuzzRun struct {
 	// leftAttached are refused stages that left their volume attached.
 	leftAttached  [][2]string
 	crossUnmounts int
-	exempt        int
+	// mountsBefore are the mounts under the work directory before the
+	// unstage or unpublish being sent.
+	mountsBefore []string
+	exempt       int
 	// reported keeps each kind of violation to one report.
 	reported map[string]bool
 }
@@ -128,8 +129,11 @@ func (r *fuzzRun) one(i int, rpc fuzzRPC, f *fuzzer) {
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 	var before *nodeState
-	if rpc.method == "NodeStageVolume" {
+	switch rpc.method {
+	case "NodeStageVolume":
 		before = r.nodeState()
+	case "NodeUnstageVolume", "NodeUnpublishVolume":
+		r.mountsBefore = mountsUnder(r.t, r.e.work)
 	}
 	req, resp, err := rpc.send(ctx, r.e, f)
 	code := status.Code(err)
@@ -161,6 +165,7 @@ func (r *fuzzRun) one(i int, rpc fuzzRPC, f *fuzzer) {
 	if code == codes.OK {
 		r.track(req, resp, f)
 	}
+	r.mountsBefore = nil
 }
 
 // nodeState is what a node call can leave behind: loop devices of the
@@ -254,14 +259,15 @@ func (r *fuzzRun) track(req, resp proto.Message, f *fuzzer) {
 }
 
 // unmounted notes an accepted unstage or unpublish, counting one that
-// unmounted a path holding another volume than the one it names.
+// unmounted a path holding another volume than the one it names (a block
+// stage mounts nothing, so only a path that was mounted counts).
 func (r *fuzzRun) unmounted(id, path string) {
 	path = filepath.Clean(path)
 	owner, ok := r.mounted[path]
 	if !ok {
 		return
 	}
-	if owner != id && len(mountsUnder(r.t, path)) == 0 {
+	if owner != id && slices.Contains(r.mountsBefore, path) && len(mountsUnder(r.t, path)) == 0 {
 		r.crossUnmounts++
 	}
 	if owner == id || len(mountsUnder(r.t, path)) == 0 {
