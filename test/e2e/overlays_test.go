@@ -5,8 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
-	"strings"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -109,65 +107,4 @@ func findMount(c *corev1.Container, path string) *corev1.VolumeMount {
 		}
 	}
 	return nil
-}
-
-// TestNodePluginTrustBoundary renders the base and every overlay and checks
-// what each part of the node plugin's pod is given: the privileged tarn
-// container no API token and only the kubelet's pods and plugins
-// directories; the sidecars a token and a socket that lies in a volume no
-// host path backs, so that they never share the kubelet's socket.
-func TestNodePluginTrustBoundary(t *testing.T) {
-	kubectl := os.Getenv("TARN_E2E_KUBECTL")
-	if kubectl == "" {
-		t.Skip("TARN_E2E_KUBECTL is not set: make e2e names the cluster's kubectl")
-	}
-	dirs, err := filepath.Glob(filepath.Join("..", "..", "deploy", "overlays", "*"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, dir := range append([]string{filepath.Join("..", "..", "deploy", "base")}, dirs...) {
-		t.Run(filepath.Base(dir), func(t *testing.T) {
-			pod := renderNodePlugin(t, kubectl, dir)
-			if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
-				t.Error("the pod mounts the service account token into every container")
-			}
-			volumes := map[string]corev1.Volume{}
-			for _, v := range pod.Volumes {
-				volumes[v.Name] = v
-			}
-			tarn := findContainer(pod, "tarn")
-			if tarn == nil {
-				t.Fatal("no tarn container")
-			}
-			for _, m := range tarn.VolumeMounts {
-				if m.MountPath == "/var/lib/kubelet" || volumes[m.Name].Projected != nil {
-					t.Errorf("tarn container mounts %s (%s)", m.MountPath, m.Name)
-				}
-			}
-			for _, want := range []string{"/var/lib/kubelet/pods", "/var/lib/kubelet/plugins"} {
-				if findMount(tarn, want) == nil {
-					t.Errorf("tarn container does not mount %s", want)
-				}
-			}
-			if !slices.ContainsFunc(tarn.Args, func(a string) bool { return strings.HasPrefix(a, "--sidecar-endpoint=") }) {
-				t.Errorf("tarn serves no sidecar socket: %v", tarn.Args)
-			}
-			for _, c := range pod.Containers {
-				if c.Name == "tarn" {
-					continue
-				}
-				token := false
-				for _, m := range c.VolumeMounts {
-					v := volumes[m.Name]
-					if v.HostPath != nil {
-						t.Errorf("sidecar %s mounts host path %s", c.Name, v.HostPath.Path)
-					}
-					token = token || v.Projected != nil && m.MountPath == "/var/run/secrets/kubernetes.io/serviceaccount"
-				}
-				if !token {
-					t.Errorf("sidecar %s gets no API token", c.Name)
-				}
-			}
-		})
-	}
 }
