@@ -57,14 +57,12 @@ type Point struct {
 // a freeze (the clone of a mounted volume), its points are reached with
 // the filesystem frozen.
 var known = []Point{
-	// CreateVolume (loop; from a snapshot for the clone and UUID steps).
+	// CreateVolume (loop; from a snapshot for the clone steps).
 	{"create-volume.after-staging-dir", Loop},   // empty directory in .staging
 	{"create-volume.after-data-file", Loop},     // empty data.img
 	{"create-volume.before-clone", Loop},        // source quiesced, nothing copied
 	{"create-volume.after-clone", Loop},         // data reflinked or copied, not sized
 	{"create-volume.after-size", Loop},          // data.img sized
-	{"create-volume.during-log-replay", Loop},   // clone's XFS mounted in .staging to replay its log
-	{"create-volume.after-uuid", Loop},          // clone has its own filesystem UUID
 	{"create-volume.after-meta", Loop},          // record written
 	{"create-volume.before-publish", Loop},      // staging directory durable, not renamed
 	{"create-volume.after-publish", Loop},       // renamed into volumes/, parent not fsynced

@@ -49,9 +49,9 @@ type roundTrip struct {
 
 // measureLatency times each control-plane call n times in sequence, on
 // 16 MiB ext4 volumes: create n, format each (stage and unstage, not
-// timed) so that snapshots and restores carry a filesystem whose UUID the
-// restore regenerates, snapshot each, restore each snapshot, then delete
-// restores, snapshots and originals.
+// timed) so that snapshots and restores carry a filesystem as a user's
+// do, snapshot each, restore each snapshot, then delete restores,
+// snapshots and originals.
 func measureLatency(ctx context.Context, s *session, p profile) (res latencyResult, err error) {
 	res = latencyResult{Pool: s.pool.Info().Kind, Calls: map[string]summary{}}
 	var o objects

@@ -243,27 +243,28 @@ func TestReflinkSnapshotsAndClones(t *testing.T) {
 	}
 }
 
-// TestCopiesGetTheirOwnUUID checks that restores and clones of a mounted
-// volume do not carry their origin's filesystem UUID, which the driver sets
-// out to change: two filesystems with one UUID on a node confuse
-// /dev/disk/by-uuid and anything that mounts by UUID, and xfs refuses the
-// second one unless told nouuid.
-func TestCopiesGetTheirOwnUUID(t *testing.T) {
+// TestCopiesKeepTheirOriginsUUID checks that restores and clones of a
+// mounted volume keep their origin's filesystem UUID, since the driver
+// runs no tool over what it copies, and that each still mounts beside its
+// origin with the origin's files: XFS because the node mounts it nouuid,
+// ext4 because it mounts a duplicate UUID as it is.
+func TestCopiesKeepTheirOriginsUUID(t *testing.T) {
 	e := startInProcess(t, testpool.XFSReflink, 4*GiB)
 	for _, fsType := range []string{"ext4", "xfs"} {
 		t.Run(fsType, func(t *testing.T) {
 			id := e.createVolume(t, "uuid-"+fsType, fsType, bigVolume, nil).GetVolumeId()
 			a := e.use(t, id, fsType)
-			writeRandomFile(t, a.path("data"), MiB)
+			want := map[string]string{"data": writeRandomFile(t, a.path("data"), MiB)}
 			snap := e.createSnapshot(t, "uuid-snap-"+fsType, id)
 			restored := e.createVolume(t, "uuid-restored-"+fsType, fsType, bigVolume, fromSnapshot(snap.GetSnapshotId())).GetVolumeId()
 			clone := e.createVolume(t, "uuid-clone-"+fsType, fsType, bigVolume, fromVolume(id)).GetVolumeId()
 
 			origin := filesystemUUID(t, e.volumeFile(id))
 			for _, c := range []struct{ what, id string }{{"restored volume", restored}, {"clone", clone}} {
-				if got := filesystemUUID(t, e.volumeFile(c.id)); got == origin {
-					t.Errorf("%s has its origin's filesystem UUID %s", c.what, got)
+				if got := filesystemUUID(t, e.volumeFile(c.id)); got != origin {
+					t.Errorf("%s has filesystem UUID %s, its origin %s: something rewrote it", c.what, got, origin)
 				}
+				checkFiles(t, e.use(t, c.id, fsType).target, want)
 			}
 		})
 	}

@@ -122,8 +122,7 @@ func (fx *fixture) finish() {
 }
 
 // restore: CreateVolume from a snapshot holding data, killed at any
-// point of the reflink, the UUID change (with its XFS log replay mount in
-// .staging) and the publication.
+// point of the reflink, the flush and the publication.
 func (fx *fixture) restore(iterations int) {
 	c := fx.c
 	call := func(name string) func(context.Context) error {

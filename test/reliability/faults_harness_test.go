@@ -45,8 +45,6 @@ var phaseAtKill = map[string]string{
 	"create-volume.before-clone":        "absent+in .staging: [data.img(empty)]",
 	"create-volume.after-clone":         "absent+in .staging: [data.img]",
 	"create-volume.after-size":          "absent+in .staging: [data.img]",
-	"create-volume.during-log-replay":   "absent+in .staging+mounted in the pool+loop device on a half-made file: [data.img replay-*]",
-	"create-volume.after-uuid":          "absent+in .staging: [data.img]",
 	"create-volume.after-meta":          "absent+in .staging: [data.img record]",
 	"create-volume.before-publish":      "absent+in .staging: [data.img record]",
 	"create-volume.after-publish":       "complete: []",
@@ -115,7 +113,7 @@ func (r *faultRun) killAt(call func(ctx context.Context) error, phase func() str
 }
 
 // stagingContents lists what the one object being built in .staging holds
-// (an empty data file marked, a log replay's mount point as replay-*).
+// (an empty data file marked).
 func (r *faultRun) stagingContents() string {
 	entries := r.e.poolEntries(r.t, ".staging")
 	if len(entries) > 1 {
@@ -125,10 +123,7 @@ func (r *faultRun) stagingContents() string {
 	for _, entry := range entries {
 		for _, name := range r.e.poolEntries(r.t, filepath.Join(".staging", entry)) {
 			path := filepath.Join(r.e.pool, ".staging", entry, name)
-			switch fi, err := os.Stat(path); {
-			case strings.HasPrefix(name, "replay-"):
-				name = "replay-*"
-			case err == nil && fi.Mode().IsRegular() && fi.Size() == 0:
+			if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() && fi.Size() == 0 {
 				name += "(empty)"
 			}
 			names = append(names, name)

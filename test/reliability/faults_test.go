@@ -94,8 +94,8 @@ func TestFaultPoints(t *testing.T) {
 }
 
 // faultFixture is what the points share: a volume holding data and a
-// snapshot of it taken while it was mounted, so that restoring it replays
-// an XFS log (create-volume.during-log-replay).
+// snapshot of it taken while it was mounted, whose XFS log the first
+// mount of a restore replays.
 type faultFixture struct {
 	c     *crasher
 	src   string
@@ -138,7 +138,7 @@ func (fx *faultFixture) finish() {
 }
 
 // killCreateVolume: CreateVolume from the snapshot, which reaches every point
-// of building a volume, the clone and the UUID change included.
+// of building a volume, the clone included.
 func (r *faultRun) killCreateVolume() {
 	name := r.fx.name()
 	id := backend.VolumeIDFor(name)

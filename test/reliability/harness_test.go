@@ -48,8 +48,8 @@ const (
 	volSize = 320 * MiB
 
 	// callTimeout bounds every CSI call: a call that has not returned by
-	// then is taken for a deadlock. The slowest calls (mkfs, a clone's
-	// UUID change) take a second or two on a busy machine.
+	// then is taken for a deadlock. The slowest calls (mkfs, a staged
+	// restore's XFS log replay) take a second or two on a busy machine.
 	callTimeout = 60 * time.Second
 	// readyTimeout bounds how long a started driver may take to answer
 	// Probe.

@@ -28,7 +28,7 @@ func (r *pointRecorder) Point(name string) {
 func TestFaultPointsAreKnown(t *testing.T) {
 	ctx := context.Background()
 	rec := &pointRecorder{}
-	b, err := New(ctx, Config{PoolDir: t.TempDir(), Loop: &fakeLoop{}, UUIDs: noUUIDs{}, Faults: rec})
+	b, err := New(ctx, Config{PoolDir: t.TempDir(), Loop: &fakeLoop{}, Faults: rec})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,7 +39,6 @@ import (
 	"github.com/tarn-csi/tarn/pkg/faults"
 	"github.com/tarn-csi/tarn/pkg/filecopy"
 	"github.com/tarn-csi/tarn/pkg/freeze"
-	"github.com/tarn-csi/tarn/pkg/fsuuid"
 	"github.com/tarn-csi/tarn/pkg/loopdev"
 	"github.com/tarn-csi/tarn/pkg/metrics"
 )
@@ -67,9 +66,6 @@ type Config struct {
 	FreezeTimeout time.Duration
 	// Loop is the loop device seam; nil means the real kernel.
 	Loop loopdev.Interface
-	// UUIDs regenerates filesystem UUIDs of clones; nil means the real
-	// tools.
-	UUIDs UUIDRegenerator
 	// Metrics receives the start-up sweep's repairs and the freeze times
 	// of snapshots and clones; nil means metrics.Nop.
 	Metrics metrics.Recorder
@@ -78,19 +74,12 @@ type Config struct {
 	Faults faults.Injector
 }
 
-// UUIDRegenerator gives the filesystem in an image a new UUID so that a
-// clone can be mounted beside its origin.
-type UUIDRegenerator interface {
-	Regenerate(ctx context.Context, imagePath string) error
-}
-
 // Backend is a loop pool. The pool and the kernel are the only state: the
 // in-memory record caches are rebuilt from the pool at start, and whether a
 // volume is attached is always asked of the kernel.
 type Backend struct {
 	cfg     Config
 	loop    loopdev.Interface
-	uuids   UUIDRegenerator
 	metrics metrics.Recorder
 	faults  faults.Injector
 	reflink bool
@@ -132,7 +121,7 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.FreezeTimeout == 0 {
 		cfg.FreezeTimeout = 10 * time.Second
 	}
-	b := &Backend{cfg: cfg, loop: cfg.Loop, uuids: cfg.UUIDs, metrics: metrics.OrNop(cfg.Metrics), faults: faults.OrNop(cfg.Faults), setxattr: unix.Setxattr}
+	b := &Backend{cfg: cfg, loop: cfg.Loop, metrics: metrics.OrNop(cfg.Metrics), faults: faults.OrNop(cfg.Faults), setxattr: unix.Setxattr}
 	b.volumes = newRecordCache(func() ([]volumeMeta, error) {
 		return listRecords[volumeMeta](filepath.Join(abs, volumesDir), "volume", backend.ValidVolumeID)
 	})
@@ -141,9 +130,6 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	})
 	if b.loop == nil {
 		b.loop = &loopdev.Manager{}
-	}
-	if b.uuids == nil {
-		b.uuids = fsuuid.Tool{Loop: b.loop, BlockSize: deviceBlockSize, Faults: b.faults}
 	}
 	for _, d := range []string{volumesDir, snapshotsDir, stagingDir, trashDir} {
 		if err := os.MkdirAll(filepath.Join(abs, d), 0o700); err != nil {
@@ -205,6 +191,9 @@ func (b *Backend) sweep(ctx context.Context) {
 		}
 		for _, e := range entries {
 			path := filepath.Join(dir, e.Name())
+			// What an older Tarn's XFS log replay of a clone left
+			// mounted and attached inside is cleared too: RemoveAll
+			// would empty a filesystem still mounted there.
 			b.count(metrics.ActionLeftoverUnmounted, unmountUnder(path))
 			b.count(metrics.ActionLoopDetached, b.detachAll(filepath.Join(path, dataFile)))
 			if err := os.RemoveAll(path); err != nil {
@@ -353,8 +342,8 @@ func isUnder(path, dir string) bool {
 	return strings.HasPrefix(path, dir+string(filepath.Separator))
 }
 
-// unmountUnder removes mounts left inside a half-made object (an XFS log
-// replay cut short), deepest first, and returns how many it removed.
+// unmountUnder removes mounts left inside a half-made object, deepest
+// first, and returns how many it removed.
 func unmountUnder(dir string) int {
 	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
 	if err != nil {

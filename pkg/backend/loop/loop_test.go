@@ -73,15 +73,11 @@ func (f *fakeLoop) List() ([]loopdev.Device, error) {
 
 func (f *fakeLoop) RefreshSize(string) error { return nil }
 
-type noUUIDs struct{}
-
-func (noUUIDs) Regenerate(context.Context, string) error { return nil }
-
 func newTestBackend(t *testing.T) (*Backend, *fakeLoop, string) {
 	t.Helper()
 	dir := t.TempDir()
 	fl := &fakeLoop{}
-	b, err := New(context.Background(), Config{PoolDir: dir, Loop: fl, UUIDs: noUUIDs{}})
+	b, err := New(context.Background(), Config{PoolDir: dir, Loop: fl})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,7 +222,7 @@ func TestSweepRemovesLeftoversOnly(t *testing.T) {
 	gone := filepath.Join(dir, "gone.img")
 	fl.Attach(gone, loopdev.Options{})
 
-	if _, err := New(ctx, Config{PoolDir: dir, Loop: fl, UUIDs: noUUIDs{}}); err != nil {
+	if _, err := New(ctx, Config{PoolDir: dir, Loop: fl}); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []string{half, filepath.Join(dir, trashDir, "old"), tmpMeta} {
@@ -257,7 +253,7 @@ func TestCorruptMetadataHidesOnlyThatVolume(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Records are cached once read; a restart reads the damaged file.
-	b, err := New(ctx, Config{PoolDir: dir, Loop: &fakeLoop{}, UUIDs: noUUIDs{}})
+	b, err := New(ctx, Config{PoolDir: dir, Loop: &fakeLoop{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -398,7 +394,7 @@ func TestRecordCacheMatchesPool(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fresh, err := New(ctx, Config{PoolDir: dir, Loop: &fakeLoop{}, UUIDs: noUUIDs{}})
+	fresh, err := New(ctx, Config{PoolDir: dir, Loop: &fakeLoop{}})
 	if err != nil {
 		t.Fatal(err)
 	}

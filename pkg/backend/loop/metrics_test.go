@@ -83,7 +83,8 @@ func TestSweepCountsEachRepair(t *testing.T) {
 		half := filepath.Join(dir, stagingDir, "vol-x-1")
 		mustMkdir(t, half)
 		mustWrite(t, filepath.Join(half, dataFile))
-		// A stage of the half-made file: the UUID change of a clone.
+		// A loop device on the half-made file, as an older Tarn's log
+		// replay of a clone left it.
 		fl.Attach(filepath.Join(half, dataFile), loopdev.Options{})
 		// A second one killed before it attached anything.
 		mustMkdir(t, filepath.Join(dir, stagingDir, "snap-y-2"))
@@ -132,7 +133,7 @@ func TestSweepCountsEachRepair(t *testing.T) {
 				}
 			}
 			rec := &recorder{}
-			if _, err := New(context.Background(), Config{PoolDir: dir, Loop: fl, UUIDs: noUUIDs{}, Metrics: rec}); err != nil {
+			if _, err := New(context.Background(), Config{PoolDir: dir, Loop: fl, Metrics: rec}); err != nil {
 				t.Fatal(err)
 			}
 			rec.assertActions(t, want)
@@ -141,7 +142,7 @@ func TestSweepCountsEachRepair(t *testing.T) {
 			}
 			// Everything was repaired: a second start has nothing to do.
 			again := &recorder{}
-			if _, err := New(context.Background(), Config{PoolDir: dir, Loop: fl, UUIDs: noUUIDs{}, Metrics: again}); err != nil {
+			if _, err := New(context.Background(), Config{PoolDir: dir, Loop: fl, Metrics: again}); err != nil {
 				t.Fatal(err)
 			}
 			again.assertActions(t, map[string]int{})
@@ -154,7 +155,7 @@ func TestSweepCountsEachRepair(t *testing.T) {
 func realPool(t *testing.T, rec metrics.Recorder) (*Backend, string) {
 	t.Helper()
 	pool := testpool.New(t, testpool.XFSReflink, 512*backend.MiB)
-	b, err := New(context.Background(), Config{PoolDir: pool, DirectIO: true, UUIDs: noUUIDs{}, Metrics: rec})
+	b, err := New(context.Background(), Config{PoolDir: pool, DirectIO: true, Metrics: rec})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,9 +286,9 @@ func TestFreezeDurationIsRecorded(t *testing.T) {
 	rec.assertActions(t, map[string]int{})
 }
 
-// A driver killed in the middle of a snapshot and of a clone's UUID change
-// leaves a frozen filesystem, and a mount and a loop device inside
-// .staging; the next start repairs and counts each.
+// A driver killed in the middle of a snapshot leaves a frozen filesystem,
+// and an older Tarn killed during a clone's XFS log replay a mount and a
+// loop device inside .staging; the next start repairs and counts each.
 func TestSweepCountsKernelRepairs(t *testing.T) {
 	b, pool := realPool(t, nil)
 	id, dev := attachFormatted(t, b, "frozen")
@@ -323,7 +324,7 @@ func TestSweepCountsKernelRepairs(t *testing.T) {
 	mountAt(t, halfDev.Path, filepath.Join(half, "replay"))
 
 	rec := &recorder{}
-	restarted, err := New(context.Background(), Config{PoolDir: pool, DirectIO: true, UUIDs: noUUIDs{}, Metrics: rec})
+	restarted, err := New(context.Background(), Config{PoolDir: pool, DirectIO: true, Metrics: rec})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,7 +343,7 @@ func TestSweepCountsKernelRepairs(t *testing.T) {
 
 	// Thawing a filesystem that is not frozen is not a repair.
 	again := &recorder{}
-	if _, err := New(context.Background(), Config{PoolDir: pool, DirectIO: true, UUIDs: noUUIDs{}, Metrics: again}); err != nil {
+	if _, err := New(context.Background(), Config{PoolDir: pool, DirectIO: true, Metrics: again}); err != nil {
 		t.Fatal(err)
 	}
 	again.assertActions(t, map[string]int{})

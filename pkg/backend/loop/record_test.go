@@ -84,7 +84,7 @@ func TestRecordsInMetaJSONAreReadAndUpdated(t *testing.T) {
 // records come from the pool, not from a cache.
 func reopen(t *testing.T, dir string) *Backend {
 	t.Helper()
-	b, err := New(context.Background(), Config{PoolDir: dir, Loop: &fakeLoop{}, UUIDs: noUUIDs{}})
+	b, err := New(context.Background(), Config{PoolDir: dir, Loop: &fakeLoop{}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -79,7 +79,7 @@ func TestParallelCallsNeverPromiseMoreThanCapacity(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
 			pool := testpool.New(t, testpool.XFSReflink, 512*backend.MiB)
-			b, err := New(ctx, Config{PoolDir: pool, Loop: &fakeLoop{}, UUIDs: noUUIDs{}, DisableReflink: tc.copies})
+			b, err := New(ctx, Config{PoolDir: pool, Loop: &fakeLoop{}, DisableReflink: tc.copies})
 			if err != nil {
 				t.Fatal(err)
 			}

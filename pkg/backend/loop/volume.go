@@ -159,7 +159,6 @@ func (b *Backend) buildObject(ctx context.Context, op, id, parent string, fill f
 	committed := false
 	defer func() {
 		if !committed {
-			b.detachAll(filepath.Join(dir, dataFile))
 			if err := os.RemoveAll(dir); err != nil {
 				klog.ErrorS(err, "Cannot remove staging directory; it is swept at next start", "dir", dir)
 			}
@@ -211,14 +210,12 @@ func (b *Backend) fillData(ctx context.Context, path string, src *source, size i
 		// expansion restores from the record (ensureFileSize).
 		return method, nil
 	}
-	// A clone carries its origin's filesystem UUID; two mounted XFS with
-	// one UUID refuse to coexist, so give the copy its own.
-	if err := b.uuids.Regenerate(ctx, path); err != nil {
-		klog.InfoS("Cannot give clone a new filesystem UUID; xfs mounts use nouuid", "path", path, "err", err)
-	}
-	b.point(opCreateVolume, "after-uuid")
-	// Copied data and the new UUID are file data, which no metadata log
-	// orders before the publishing rename.
+	// The copy is left exactly as its source, its filesystem UUID
+	// included: parsing or mounting it here would run the host's
+	// filesystem code as root over bytes a tenant may have crafted, and
+	// the node mounts XFS with nouuid while ext4 mounts a duplicate UUID
+	// as it is. Copied data is file data, which no metadata log orders
+	// before the publishing rename.
 	if err := f.Sync(); err != nil {
 		return "", fmt.Errorf("fsync data file: %w", err)
 	}

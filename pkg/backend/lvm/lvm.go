@@ -51,7 +51,6 @@ import (
 	"github.com/tarn-csi/tarn/pkg/backend/reserve"
 	"github.com/tarn-csi/tarn/pkg/faults"
 	"github.com/tarn-csi/tarn/pkg/freeze"
-	"github.com/tarn-csi/tarn/pkg/fsuuid"
 	lvmcmd "github.com/tarn-csi/tarn/pkg/lvm"
 	"github.com/tarn-csi/tarn/pkg/metrics"
 )
@@ -72,9 +71,6 @@ type Config struct {
 	FreezeTimeout time.Duration
 	// Runner runs LVM commands; nil means the real lvm binary.
 	Runner lvmcmd.Runner
-	// UUIDs regenerates filesystem UUIDs of clones; nil means the real
-	// tools.
-	UUIDs UUIDRegenerator
 	// Metrics receives the removals of incomplete LVs and the freeze
 	// times of thick copies; nil means metrics.Nop.
 	Metrics metrics.Recorder
@@ -83,17 +79,10 @@ type Config struct {
 	Faults faults.Injector
 }
 
-// UUIDRegenerator gives the filesystem on a device a new UUID so that a
-// clone can be mounted beside its origin.
-type UUIDRegenerator interface {
-	Regenerate(ctx context.Context, devicePath string) error
-}
-
 // Backend is an LVM volume group. It keeps no volume state in memory.
 type Backend struct {
 	cfg         Config
 	client      *lvmcmd.Client
-	uuids       UUIDRegenerator
 	metrics     metrics.Recorder
 	faults      faults.Injector
 	defaultType string
@@ -116,11 +105,8 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.FreezeTimeout == 0 {
 		cfg.FreezeTimeout = 10 * time.Second
 	}
-	b := &Backend{cfg: cfg, client: lvmcmd.NewClient(cfg.Runner, cfg.Timeout), uuids: cfg.UUIDs,
+	b := &Backend{cfg: cfg, client: lvmcmd.NewClient(cfg.Runner, cfg.Timeout),
 		metrics: metrics.OrNop(cfg.Metrics), faults: faults.OrNop(cfg.Faults)}
-	if b.uuids == nil {
-		b.uuids = fsuuid.Tool{}
-	}
 	switch {
 	case cfg.DefaultType == "" && cfg.ThinPool != "":
 		b.defaultType = typeThin

@@ -210,13 +210,9 @@ func flag(b bool) string {
 	return "0"
 }
 
-type noUUIDs struct{}
-
-func (noUUIDs) Regenerate(context.Context, string) error { return nil }
-
 func fakeBackend(f *fakeVG, inj faults.Injector) *Backend {
 	return &Backend{cfg: Config{VolumeGroup: "vg", ThinPool: fakePool}, client: lvmcmd.NewClient(f, time.Minute),
-		defaultType: typeThin, uuids: noUUIDs{}, metrics: metrics.Nop{}, faults: faults.OrNop(inj)}
+		defaultType: typeThin, metrics: metrics.Nop{}, faults: faults.OrNop(inj)}
 }
 
 // gate holds the first call that reaches point until open is closed; later

@@ -3,11 +3,11 @@ package lvm
 import (
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/tarn-csi/tarn/pkg/backend"
 	"github.com/tarn-csi/tarn/pkg/freeze"
@@ -116,10 +116,6 @@ func TestSnapshotOfMountedFilesystem(t *testing.T) {
 			v := e.createVolume("v", typ, volSize, backend.Source{})
 			dev := e.attach(v.ID)
 			run(t, "mkfs.ext4", "-q", dev)
-			// Mounted in a later second than made, as any volume in
-			// use is: tune2fs then refuses a new UUID on a copy until
-			// it is checked.
-			time.Sleep(1100 * time.Millisecond)
 			mnt := mount(t, dev)
 			data := strings.Repeat("consistent ", 300000)
 			if err := os.WriteFile(filepath.Join(mnt, "data"), []byte(data), 0o644); err != nil {
@@ -134,8 +130,7 @@ func TestSnapshotOfMountedFilesystem(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(mnt, "after"), []byte("x"), 0o644); err != nil {
 				t.Fatalf("origin not writable after the snapshot (left frozen?): %v", err)
 			}
-			// The snapshot itself must be consistent, before a restore
-			// preens a copy of it.
+			// The snapshot itself must be consistent.
 			if err := e.client.Activate(e.ctx, e.vg, s.ID, true); err != nil {
 				t.Fatal(err)
 			}
@@ -146,10 +141,10 @@ func TestSnapshotOfMountedFilesystem(t *testing.T) {
 			r := e.createVolume("restored", typ, volSize, backend.Source{SnapshotID: s.ID})
 			rdev := e.attach(r.ID)
 			run(t, "e2fsck", "-fn", rdev)
-			uuid := func(d string) string { return strings.TrimSpace(run(t, "blkid", "-s", "UUID", "-o", "value", d)) }
-			if uuid(rdev) == uuid(dev) {
-				t.Errorf("restored filesystem kept its origin's UUID %s", uuid(dev))
+			if got, want := fsUUID(t, rdev), fsUUID(t, dev); got != want {
+				t.Errorf("restored filesystem has UUID %s, its origin %s: something rewrote it", got, want)
 			}
+			// ext4 mounts beside a twin with the same UUID.
 			rmnt := mount(t, rdev)
 			if got, err := os.ReadFile(filepath.Join(rmnt, "data")); err != nil || string(got) != data {
 				t.Errorf("restored file: %d bytes, %v; want the %d written before the snapshot", len(got), err, len(data))
@@ -193,9 +188,9 @@ func TestThinSnapshotOfFrozenFilesystem(t *testing.T) {
 	}
 }
 
-// An XFS restore must mount beside its still-mounted origin: two XFS with
-// one UUID refuse to, so the restore needs its own UUID (and a snapshot of
-// a mounted XFS carries a log to replay before xfs_admin will change it).
+// An XFS restore keeps its origin's UUID, so it mounts beside its
+// still-mounted origin only as the node mounts XFS, with nouuid; that
+// mount also replays the log a snapshot of a mounted XFS carries.
 func TestXFSRestoreMountsBesideOrigin(t *testing.T) {
 	for _, typ := range []string{typeThick, typeThin} {
 		t.Run(typ, func(t *testing.T) {
@@ -215,15 +210,25 @@ func TestXFSRestoreMountsBesideOrigin(t *testing.T) {
 			}
 			r := e.createVolume("restored", typ, xfsSize, backend.Source{SnapshotID: s.ID})
 			rdev := e.attach(r.ID)
-			uuid := func(d string) string { return strings.TrimSpace(run(t, "blkid", "-s", "UUID", "-o", "value", d)) }
-			if uuid(rdev) == uuid(dev) {
-				t.Errorf("restored xfs kept its origin's UUID %s", uuid(dev))
+			if got, want := fsUUID(t, rdev), fsUUID(t, dev); got != want {
+				t.Errorf("restored xfs has UUID %s, its origin %s: something rewrote it", got, want)
 			}
-			// A plain mount (no nouuid) beside the mounted origin.
-			rmnt := mount(t, rdev)
+			rmnt := t.TempDir()
+			if out, err := exec.Command("mount", rdev, rmnt).CombinedOutput(); err == nil {
+				_ = exec.Command("umount", rmnt).Run()
+				t.Errorf("a plain mount of an XFS twin beside its origin worked; the kernel used to refuse it (%s)", out)
+			}
+			run(t, "mount", "-o", "nouuid", rdev, rmnt)
+			t.Cleanup(func() { _ = exec.Command("umount", rmnt).Run() })
 			if got, err := os.ReadFile(filepath.Join(rmnt, "data")); err != nil || string(got) != "xfs payload" {
 				t.Errorf("restored file = %q, %v", got, err)
 			}
 		})
 	}
+}
+
+// fsUUID reads the UUID of the filesystem on a device.
+func fsUUID(t *testing.T, dev string) string {
+	t.Helper()
+	return strings.TrimSpace(run(t, "blkid", "-p", "-s", "UUID", "-o", "value", dev))
 }

@@ -5,14 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"os/exec"
 	"sort"
-	"strings"
 
 	"k8s.io/klog/v2"
 
 	"github.com/tarn-csi/tarn/pkg/backend"
-	"github.com/tarn-csi/tarn/pkg/fsuuid"
 	lvmcmd "github.com/tarn-csi/tarn/pkg/lvm"
 )
 
@@ -99,6 +96,9 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 			VG: b.cfg.VolumeGroup, Name: id, Size: size, ThinPool: pool, Tags: tags, Activate: src != nil,
 		})
 	}
+	// Nothing reads or mounts what a restore or clone holds, its
+	// filesystem UUID included: the bytes may be a tenant's crafted image,
+	// the node mounts XFS with nouuid, and ext4 mounts a duplicate UUID.
 	var steps []func() error
 	switch {
 	case growClone:
@@ -113,9 +113,6 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 			// an earlier LV left on its extents.
 			return b.copyFrom(ctx, *src, id, cls.Type == typeThin)
 		})
-	}
-	if src != nil {
-		steps = append(steps, func() error { return b.regenerateUUID(ctx, id) })
 	}
 	if src != nil || cls.Type == typeThick {
 		// Attached means staged: a new volume is left inactive, as the
@@ -177,46 +174,6 @@ func (b *Backend) resolveSource(ctx context.Context, s backend.Source) (*object,
 		return &o, nil
 	}
 	return nil, nil
-}
-
-// regenerateUUID gives a clone's filesystem its own UUID while the LV is
-// active. A failure is logged, not fatal: the node mounts XFS with nouuid,
-// and ext4 tolerates duplicates.
-//
-// On ext4 with metadata_csum (mkfs' default) a new UUID means rewriting
-// every checksum, which tune2fs refuses unless the filesystem was checked
-// since it was last mounted, and a snapshot of a volume in use never was.
-// The clone is unmounted and Tarn's alone, so it is checked in preen mode
-// (only fixes that need no decision, as at boot) and the change retried.
-func (b *Backend) regenerateUUID(ctx context.Context, id string) error {
-	dev := b.devicePath(id)
-	err := b.uuids.Regenerate(ctx, dev)
-	if err != nil {
-		if fs, _ := fsuuid.Detect(ctx, dev); strings.HasPrefix(fs, "ext") {
-			if ferr := preen(ctx, dev); ferr != nil {
-				err = errors.Join(err, ferr)
-			} else {
-				err = b.uuids.Regenerate(ctx, dev)
-			}
-		}
-	}
-	if err != nil {
-		klog.InfoS("Cannot give clone a new filesystem UUID", "lv", id, "err", err)
-	}
-	return nil
-}
-
-// preen runs e2fsck -f -p on an unmounted ext2/3/4 device.
-func preen(ctx context.Context, dev string) error {
-	cmd := exec.CommandContext(ctx, "e2fsck", "-f", "-p", dev)
-	cmd.Env = []string{"LC_ALL=C", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
-	out, err := cmd.CombinedOutput()
-	var exit *exec.ExitError
-	// Exit 1 is "errors corrected", which preen mode may do on its own.
-	if err == nil || errors.As(err, &exit) && exit.ExitCode() == 1 {
-		return nil
-	}
-	return fmt.Errorf("e2fsck -f -p %s: %w: %s", dev, err, strings.TrimSpace(string(out)))
 }
 
 // DeleteVolume implements backend.Backend. Snapshots and clones of the
