@@ -64,7 +64,9 @@ type VolumeRequest struct {
 	RequiredBytes int64
 	LimitBytes    int64
 	// FsType is the filesystem the volume will be formatted with, "" for a
-	// raw block volume. It only affects the minimum size.
+	// raw block volume. It sets the minimum size, and a volume with one is
+	// never made from a raw block volume's content (see
+	// FilesystemFromBlockError).
 	FsType string
 	// Parameters are the StorageClass's, less Kubernetes' own; a backend
 	// refuses keys it does not know with ErrInvalid.

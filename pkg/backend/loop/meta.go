@@ -38,14 +38,34 @@ type volumeMeta struct {
 }
 
 type snapshotMeta struct {
-	Version        int               `json:"version"`
-	ID             string            `json:"id"`
-	Name           string            `json:"name"`
-	SourceVolumeID string            `json:"sourceVolumeID"`
-	SizeBytes      int64             `json:"sizeBytes"`
-	Parameters     map[string]string `json:"parameters,omitempty"`
-	Method         string            `json:"method"`
-	CreatedAt      time.Time         `json:"createdAt"`
+	Version        int    `json:"version"`
+	ID             string `json:"id"`
+	Name           string `json:"name"`
+	SourceVolumeID string `json:"sourceVolumeID"`
+	// SourceVolumeMode is modeBlock when the origin was a raw block
+	// volume, whose content is only ever restored as raw block, and
+	// modeFilesystem otherwise; "" in the records of a Tarn that did not
+	// note it.
+	SourceVolumeMode string            `json:"sourceVolumeMode,omitempty"`
+	SizeBytes        int64             `json:"sizeBytes"`
+	Parameters       map[string]string `json:"parameters,omitempty"`
+	Method           string            `json:"method"`
+	CreatedAt        time.Time         `json:"createdAt"`
+}
+
+// Values of snapshotMeta.SourceVolumeMode, as Kubernetes names them in a
+// VolumeSnapshotContent.
+const (
+	modeBlock      = "Block"
+	modeFilesystem = "Filesystem"
+)
+
+// volumeMode is the mode of a volume made for fsType.
+func volumeMode(fsType string) string {
+	if fsType == "" {
+		return modeBlock
+	}
+	return modeFilesystem
 }
 
 func (m volumeMeta) volume() backend.Volume {

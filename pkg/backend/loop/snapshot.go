@@ -50,7 +50,7 @@ func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotReques
 
 	meta := snapshotMeta{
 		Version: metaVersion, ID: id, Name: req.Name, SourceVolumeID: vol.ID,
-		SizeBytes: vol.SizeBytes, Parameters: maps.Clone(req.Parameters),
+		SourceVolumeMode: volumeMode(vol.FsType), SizeBytes: vol.SizeBytes, Parameters: maps.Clone(req.Parameters),
 	}
 	if b.reflink {
 		// Recorded before the clone, so that no crash can leave the

@@ -41,6 +41,9 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 	if err != nil {
 		return backend.Volume{}, err
 	}
+	if src != nil && src.block && req.FsType != "" {
+		return backend.Volume{}, backend.FilesystemFromBlockError(req.Source)
+	}
 	if src != nil && src.size > size {
 		if req.LimitBytes > 0 && src.size > req.LimitBytes {
 			return backend.Volume{}, fmt.Errorf("%w: source is %d bytes, more than the limit of %d", backend.ErrOutOfRange, src.size, req.LimitBytes)
@@ -110,6 +113,10 @@ func compatible(m volumeMeta, req backend.VolumeRequest) error {
 		return fmt.Errorf("%w: volume %q is %d bytes, outside the requested range", backend.ErrAlreadyExists, req.Name, m.SizeBytes)
 	case m.SourceSnapshotID != req.Source.SnapshotID || m.SourceVolumeID != req.Source.VolumeID:
 		return fmt.Errorf("%w: volume %q has a different content source", backend.ErrAlreadyExists, req.Name)
+	case m.FsType == "" && req.FsType != "":
+		// Its bytes may be a tenant's, which a filesystem volume would
+		// have the node mount.
+		return fmt.Errorf("%w: volume %q is a raw block volume, not one for a filesystem", backend.ErrAlreadyExists, req.Name)
 	case m.FsType != req.FsType && req.FsType != "" && m.FsType != "":
 		return fmt.Errorf("%w: volume %q was made for %s, not %s", backend.ErrAlreadyExists, req.Name, m.FsType, req.FsType)
 	case !maps.Equal(m.Parameters, req.Parameters) && (len(m.Parameters) > 0 || len(req.Parameters) > 0):
@@ -125,6 +132,8 @@ type source struct {
 	// volume is set when cloning a volume, which may be attached and must
 	// be quiesced while its data is captured.
 	volume *volumeMeta
+	// block says the content is what a raw block volume held.
+	block bool
 }
 
 func (b *Backend) resolveSource(s backend.Source) (*source, error) {
@@ -136,15 +145,46 @@ func (b *Backend) resolveSource(s backend.Source) (*source, error) {
 		if err != nil {
 			return nil, fmt.Errorf("source snapshot: %w", err)
 		}
-		return &source{dataPath: filepath.Join(b.snapshotDir(m.ID), dataFile), size: m.SizeBytes}, nil
+		block, err := b.blockOrigin(m)
+		if err != nil {
+			return nil, fmt.Errorf("source snapshot: %w", err)
+		}
+		return &source{dataPath: filepath.Join(b.snapshotDir(m.ID), dataFile), size: m.SizeBytes, block: block}, nil
 	case s.VolumeID != "":
 		m, err := b.readVolume(s.VolumeID)
 		if err != nil {
 			return nil, fmt.Errorf("source volume: %w", err)
 		}
-		return &source{dataPath: filepath.Join(b.volumeDir(m.ID), dataFile), size: m.SizeBytes, volume: &m}, nil
+		return &source{dataPath: filepath.Join(b.volumeDir(m.ID), dataFile), size: m.SizeBytes, volume: &m, block: m.FsType == ""}, nil
 	}
 	return nil, nil
+}
+
+// blockOrigin says whether a snapshot is of a raw block volume. A record
+// that does not say was written by a Tarn that did not note it; its
+// origin, while it exists, still does. Once the origin is gone nothing
+// tells, and such snapshots are taken for a filesystem's, as Kubernetes
+// takes a VolumeSnapshotContent without a source volume mode: refusing
+// would strand every filesystem snapshot an upgraded pool holds.
+func (b *Backend) blockOrigin(m snapshotMeta) (bool, error) {
+	switch m.SourceVolumeMode {
+	case modeFilesystem:
+		return false, nil
+	case "":
+	default:
+		// modeBlock, or a value no Tarn writes, read the safe way.
+		return true, nil
+	}
+	v, err := b.readVolume(m.SourceVolumeID)
+	if errors.Is(err, backend.ErrNotFound) {
+		klog.InfoS("Snapshot does not record whether its origin was a raw block volume, and the origin is gone; taking it for a filesystem's",
+			"snapshotID", m.ID, "sourceVolumeID", m.SourceVolumeID)
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("origin %s of snapshot %s: %w", m.SourceVolumeID, m.ID, err)
+	}
+	return v.FsType == "", nil
 }
 
 // buildObject builds an object in a staging directory and renames it into

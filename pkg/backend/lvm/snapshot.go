@@ -43,7 +43,7 @@ func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotReques
 		return backend.Snapshot{}, fmt.Errorf("source volume: %w", err)
 	}
 
-	o := object{ID: id, Name: req.Name, SourceVolumeID: vol.ID, Method: methodCopy, Type: typeThick}
+	o := object{ID: id, Name: req.Name, SourceVolumeID: vol.ID, SourceMode: volumeMode(vol.FsType), Method: methodCopy, Type: typeThick}
 	if vol.lv.IsThin() {
 		o.Method, o.Type = methodThin, typeThin
 	}

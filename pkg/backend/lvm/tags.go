@@ -35,6 +35,9 @@ const (
 	keyParams     = "tarn.params"
 	keySourceSnap = "tarn.source.snapshot"
 	keySourceVol  = "tarn.source.volume"
+	// keySourceMode is a snapshot's origin's volume mode, modeBlock or
+	// modeFilesystem; snapshots of a Tarn that did not note it lack it.
+	keySourceMode = "tarn.source.mode"
 	keyMethod     = "tarn.method"
 	keyCreated    = "tarn.created"
 
@@ -48,6 +51,21 @@ const (
 	typeThin  = "thin"
 	typeThick = "thick"
 )
+
+// Values of keySourceMode. A raw block volume's content is only ever
+// restored as raw block.
+const (
+	modeBlock      = "block"
+	modeFilesystem = "filesystem"
+)
+
+// volumeMode is the mode of a volume made for fsType.
+func volumeMode(fsType string) string {
+	if fsType == "" {
+		return modeBlock
+	}
+	return modeFilesystem
+}
 
 // Snapshot methods, reported in backend.Snapshot.Method.
 const (
@@ -72,10 +90,12 @@ type object struct {
 	// snapshot's origin volume is SourceVolumeID.
 	SourceSnapshotID string
 	SourceVolumeID   string
-	Method           string
-	CreatedAt        time.Time
-	Complete         bool
-	lv               lvmcmd.LV
+	// SourceMode is a snapshot's origin's volume mode (keySourceMode).
+	SourceMode string
+	Method     string
+	CreatedAt  time.Time
+	Complete   bool
+	lv         lvmcmd.LV
 }
 
 // creationTags are the tags an object's LV is created with: everything but
@@ -101,6 +121,9 @@ func creationTags(o object) ([]string, error) {
 	}
 	if o.SourceVolumeID != "" {
 		tags = append(tags, keySourceVol+"="+o.SourceVolumeID)
+	}
+	if o.SourceMode != "" {
+		tags = append(tags, keySourceMode+"="+o.SourceMode)
 	}
 	if o.Method != "" {
 		tags = append(tags, keyMethod+"="+o.Method)
@@ -164,6 +187,11 @@ func decodeTags(lv lvmcmd.LV) (object, error) {
 			o.SourceVolumeID = value
 			if !backend.ValidVolumeID(value) {
 				err = fmt.Errorf("bad source volume %q", value)
+			}
+		case keySourceMode:
+			o.SourceMode = value
+			if value != modeBlock && value != modeFilesystem {
+				err = fmt.Errorf("unknown source mode %q", value)
 			}
 		case keyMethod:
 			o.Method = value

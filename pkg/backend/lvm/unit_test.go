@@ -25,7 +25,9 @@ func TestTagsRoundTrip(t *testing.T) {
 		{ID: backend.VolumeIDFor("x"), Name: "a, b/c=d é\x00" + strings.Repeat("z", 200), Type: typeThick,
 			SourceVolumeID: backend.VolumeIDFor("y")},
 		{ID: backend.SnapshotIDFor("s"), Name: strings.Repeat("\xff", backend.MaxNameLength), Type: typeThin,
-			SourceVolumeID: backend.VolumeIDFor("v"), Method: methodThin},
+			SourceVolumeID: backend.VolumeIDFor("v"), SourceMode: modeBlock, Method: methodThin},
+		{ID: backend.SnapshotIDFor("t"), Name: "t", Type: typeThick,
+			SourceVolumeID: backend.VolumeIDFor("w"), SourceMode: modeFilesystem, Method: methodCopy},
 	} {
 		tags, err := creationTags(o)
 		if err != nil {
@@ -74,6 +76,7 @@ func TestDecodeTagsRejects(t *testing.T) {
 		"bad name":      {replace(good, "tarn.name=bg", "tarn.name=!!"), nil},
 		"bad type":      {replace(good, "tarn.type=thin", "tarn.type=fat"), nil},
 		"bad source":    {append(good, "tarn.source.volume=../etc"), nil},
+		"bad mode":      {append(good, "tarn.source.mode=raw"), nil},
 		"bad time":      {append(good, "tarn.created=yesterday"), nil},
 		"no name":       {[]string{tagOwner, "tarn.v=1"}, nil},
 	} {

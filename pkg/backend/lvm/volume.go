@@ -45,6 +45,13 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 	if err != nil {
 		return backend.Volume{}, err
 	}
+	if src != nil && req.FsType != "" {
+		if block, err := b.blockContent(ctx, *src); err != nil {
+			return backend.Volume{}, err
+		} else if block {
+			return backend.Volume{}, backend.FilesystemFromBlockError(req.Source)
+		}
+	}
 	if src != nil && src.lv.Size > size {
 		if req.LimitBytes > 0 && src.lv.Size > req.LimitBytes {
 			return backend.Volume{}, fmt.Errorf("%w: source is %d bytes, more than the limit of %d", backend.ErrOutOfRange, src.lv.Size, req.LimitBytes)
@@ -146,6 +153,10 @@ func compatible(o object, req backend.VolumeRequest) error {
 		return fmt.Errorf("%w: volume %q is %d bytes, outside the requested range", backend.ErrAlreadyExists, req.Name, o.lv.Size)
 	case o.SourceSnapshotID != req.Source.SnapshotID || o.SourceVolumeID != req.Source.VolumeID:
 		return fmt.Errorf("%w: volume %q has a different content source", backend.ErrAlreadyExists, req.Name)
+	case o.FsType == "" && req.FsType != "":
+		// Its bytes may be a tenant's, which a filesystem volume would
+		// have the node mount.
+		return fmt.Errorf("%w: volume %q is a raw block volume, not one for a filesystem", backend.ErrAlreadyExists, req.Name)
 	case o.FsType != req.FsType && req.FsType != "" && o.FsType != "":
 		return fmt.Errorf("%w: volume %q was made for %s, not %s", backend.ErrAlreadyExists, req.Name, o.FsType, req.FsType)
 	case !maps.Equal(o.Params, req.Parameters):
@@ -174,6 +185,34 @@ func (b *Backend) resolveSource(ctx context.Context, s backend.Source) (*object,
 		return &o, nil
 	}
 	return nil, nil
+}
+
+// blockContent says whether a volume or snapshot holds what a raw block
+// volume held. A snapshot whose tags do not say was made by a Tarn that did
+// not note it; its origin, while it exists, still does. Once the origin is
+// gone nothing tells, and such snapshots are taken for a filesystem's, as
+// Kubernetes takes a VolumeSnapshotContent without a source volume mode:
+// refusing would strand every filesystem snapshot of an upgraded VG.
+func (b *Backend) blockContent(ctx context.Context, o object) (bool, error) {
+	if backend.ValidVolumeID(o.ID) {
+		return o.FsType == "", nil
+	}
+	switch o.SourceMode {
+	case modeBlock:
+		return true, nil
+	case modeFilesystem:
+		return false, nil
+	}
+	origin, err := b.getVolume(ctx, o.SourceVolumeID)
+	if errors.Is(err, backend.ErrNotFound) {
+		klog.InfoS("Snapshot does not record whether its origin was a raw block volume, and the origin is gone; taking it for a filesystem's",
+			"snapshotID", o.ID, "sourceVolumeID", o.SourceVolumeID)
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("origin %s of snapshot %s: %w", o.SourceVolumeID, o.ID, err)
+	}
+	return origin.FsType == "", nil
 }
 
 // DeleteVolume implements backend.Backend. Snapshots and clones of the

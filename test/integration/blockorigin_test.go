@@ -1,0 +1,72 @@
+package integration
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/tarn-csi/tarn/test/testpool"
+)
+
+// TestBlockContentIsNeverRestoredAsFilesystem asks for filesystem volumes
+// from a raw block volume's snapshot and from the volume itself: a mount
+// of them would hand the tenant's bytes to the kernel as a filesystem, so
+// each is refused as an invalid argument that says why, before anything
+// is made. A filesystem volume's snapshot restored as block stays allowed.
+func TestBlockContentIsNeverRestoredAsFilesystem(t *testing.T) {
+	e := startInProcess(t, testpool.XFSReflink, 4*GiB)
+	raw := e.createVolume(t, "raw", "", rawVolume, nil).GetVolumeId()
+	dev := e.use(t, raw, "")
+	writeTenantImage(t, tenantImages[0], dev.target)
+	rawSnap := e.createSnapshot(t, "raw-snap", raw).GetSnapshotId()
+	e.release(t, dev)
+	fs := e.createVolume(t, "fs", "ext4", rawVolume, nil).GetVolumeId()
+	fsSnap := e.createSnapshot(t, "fs-snap", fs).GetSnapshotId()
+
+	for _, tc := range []struct {
+		name   string
+		fsType string
+		src    *csi.VolumeContentSource
+		want   codes.Code
+	}{
+		{"block snapshot as ext4", "ext4", fromSnapshot(rawSnap), codes.InvalidArgument},
+		{"block snapshot as xfs", "xfs", fromSnapshot(rawSnap), codes.InvalidArgument},
+		{"block volume cloned as ext4", "ext4", fromVolume(raw), codes.InvalidArgument},
+		{"block volume cloned as xfs", "xfs", fromVolume(raw), codes.InvalidArgument},
+		{"filesystem snapshot as block", "", fromSnapshot(fsSnap), codes.OK},
+		{"filesystem volume cloned as block", "", fromVolume(fs), codes.OK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before, avail := e.poolState(t), e.capacity(t)
+			resp, err := e.tryCreateVolume(t, volumeRequest(strings.ReplaceAll(tc.name, " ", "-"), tc.fsType, rawVolume, tc.src))
+			if status.Code(err) != tc.want {
+				t.Fatalf("CreateVolume: %v (volume %v), want code %s", err, resp.GetVolume(), tc.want)
+			}
+			if tc.want == codes.OK {
+				return
+			}
+			if msg := status.Convert(err).Message(); !strings.Contains(msg, "raw block") {
+				t.Errorf("the refusal does not say why: %q", msg)
+			}
+			if after := e.poolState(t); !slices.Equal(before, after) {
+				t.Errorf("a refused CreateVolume changed the pool: %v before, %v after", before, after)
+			}
+			if now := e.capacity(t); now != avail {
+				t.Errorf("a refused CreateVolume moved the available capacity from %d to %d", avail, now)
+			}
+			ctx, cancel := callCtx()
+			defer cancel()
+			list, err := e.ctrl.ListVolumes(ctx, &csi.ListVolumesRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := len(list.GetEntries()); n != 2 {
+				t.Errorf("ListVolumes shows %d volumes after the refusal, want the 2 sources", n)
+			}
+		})
+	}
+}
