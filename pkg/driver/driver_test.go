@@ -29,22 +29,41 @@ func startDriver(t *testing.T, socket string) (pool string, conn *grpc.ClientCon
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := New(Config{Endpoint: "unix://" + socket, NodeID: "n1", KubeletDir: "/var/lib/kubelet", Backend: b})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
+	cancel = runDriver(t, Config{Endpoint: "unix://" + socket, NodeID: "n1", KubeletDir: "/var/lib/kubelet", Backend: b}, cancel)
 	t.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
 		if _, err := os.Stat(socket); !os.IsNotExist(err) {
 			t.Errorf("socket left behind after stop: %v", err)
 		}
 	})
 	return pool, dialDriver(t, socket)
+}
+
+// runDriver builds a driver from cfg and runs it until the returned stop
+// is called, which also runs cancel (the context of the driver's backend)
+// and fails the test if Run returned an error.
+func runDriver(t *testing.T, cfg Config, cancel context.CancelFunc) (stop func()) {
+	t.Helper()
+	d, err := New(cfg)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	return runDriverOf(t, d, cancel)
+}
+
+// runDriverOf is runDriver for a driver already built.
+func runDriverOf(t *testing.T, d *Driver, cancel context.CancelFunc) (stop func()) {
+	ctx, stopRun := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	return func() {
+		stopRun()
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}
 }
 
 // dialDriver connects to the CSI server on socket once it answers.
@@ -161,10 +180,7 @@ func TestLivenessIsServingReadinessIsThePool(t *testing.T) {
 	if code := get("/healthz"); code != http.StatusServiceUnavailable {
 		t.Errorf("liveness before the CSI server runs: %d, want 503", code)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	defer runDriverOf(t, d, func() {})()
 	dialDriver(t, socket)
 	// Each probe answers from a result at most healthCacheFor old, so that
 	// a flood of requests costs nothing; wait out the one before Run.

@@ -393,7 +393,8 @@ func (d *Driver) alreadyMounted(path, device string, want mountWant, id string) 
 }
 
 // formatOptions are given to mkfs on first use. ext4 gets
-// metadata_csum_seed so that giving a clone a new UUID later only rewrites
+// metadata_csum_seed so that a user who gives a clone a new UUID
+// (tune2fs -U, on an unmounted copy; Tarn never does) only rewrites
 // the superblock instead of every checksum.
 func formatOptions(fsType string) []string {
 	if fsType == "ext4" {

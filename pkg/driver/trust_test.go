@@ -27,20 +27,9 @@ func TestSocketsSplitServices(t *testing.T) {
 	}
 	kubelet, sidecar := filepath.Join(dir, "csi.sock"), filepath.Join(dir, "sidecar.sock")
 	gid := 4242
-	d, err := New(Config{Endpoint: "unix://" + kubelet, SidecarEndpoint: "unix://" + sidecar, SocketGroup: &gid,
-		NodeID: "n1", KubeletDir: "/var/lib/kubelet", Backend: b})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	t.Cleanup(runDriver(t, Config{Endpoint: "unix://" + kubelet, SidecarEndpoint: "unix://" + sidecar, SocketGroup: &gid,
+		NodeID: "n1", KubeletDir: "/var/lib/kubelet", Backend: b}, cancel))
 	kubeletConn, sidecarConn := dialDriver(t, kubelet), dialDriver(t, sidecar)
 
 	for _, tt := range []struct {
