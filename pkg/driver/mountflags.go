@@ -32,14 +32,21 @@ var allowedMountFlags = map[string]bool{
 // commitFlag is ext4's journal commit interval, in seconds.
 var commitFlag = regexp.MustCompile(`^commit=[0-9]{1,4}$`)
 
-// checkMountFlags refuses a flag outside the allowlist. mount(8) splits
-// an entry at commas, so each part of one is checked.
-func checkMountFlags(flags []string) error {
+// splitFlags splits each entry at its commas, as mount(8) would, so that
+// one entry cannot carry an option past a check of whole entries.
+func splitFlags(flags []string) []string {
+	var out []string
 	for _, entry := range flags {
-		for _, f := range strings.Split(entry, ",") {
-			if !allowedMountFlags[f] && !commitFlag.MatchString(f) {
-				return errInvalid("mount flag %q is not allowed; Tarn accepts only flags that change how its own filesystem is accessed (for example noatime, nodiratime, lazytime, discard, nosuid, nodev, noexec, sync, data=journal, commit=N)", f)
-			}
+		out = append(out, strings.Split(entry, ",")...)
+	}
+	return out
+}
+
+// checkMountFlags refuses a flag outside the allowlist.
+func checkMountFlags(flags []string) error {
+	for _, f := range splitFlags(flags) {
+		if !allowedMountFlags[f] && !commitFlag.MatchString(f) {
+			return errInvalid("mount flag %q is not allowed; Tarn accepts only flags that change how its own filesystem is accessed (for example noatime, nodiratime, lazytime, discard, nosuid, nodev, noexec, sync, data=journal, commit=N)", f)
 		}
 	}
 	return nil
@@ -60,13 +67,11 @@ func readerOnly(c *csi.VolumeCapability) bool {
 // (mount(8) lets the last of ro and rw win).
 func mountOptions(flags []string, readonly bool) []string {
 	var out []string
-	for _, entry := range flags {
-		for _, f := range strings.Split(entry, ",") {
-			if readonly && f == "rw" || f == "" {
-				continue
-			}
-			out = append(out, f)
+	for _, f := range splitFlags(flags) {
+		if readonly && f == "rw" || f == "" {
+			continue
 		}
+		out = append(out, f)
 	}
 	if readonly && !slices.Contains(out, "ro") {
 		out = append(out, "ro")
