@@ -230,10 +230,13 @@ func mountedDevice(path, device string) (mountState, bool, error) {
 	return s, true, nil
 }
 
-// mountAt returns the topmost mount at path, nil when there is none.
+// mountAt returns the topmost mount at path, nil when there is none. Only
+// the parent is resolved: a mount whose filesystem answers every access
+// with EIO (XFS after a shutdown, a dead network mount) must still be
+// found, so that it can be unmounted.
 func mountAt(path string) (*mountinfo.Info, error) {
-	if r, err := filepath.EvalSymlinks(path); err == nil {
-		path = r
+	if r, err := filepath.EvalSymlinks(filepath.Dir(path)); err == nil {
+		path = filepath.Join(r, filepath.Base(path))
 	}
 	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
 		return m.Mountpoint != path, false
@@ -246,4 +249,34 @@ func mountAt(path string) (*mountinfo.Info, error) {
 	}
 	// Mounts stacked on one path are listed in the order they were made.
 	return mounts[len(mounts)-1], nil
+}
+
+// mountHolds says whether path is a mount point and whether that mount
+// holds device: its filesystem, or its device node bound onto a file. It
+// asks the mount table and never the mounted filesystem, for the same
+// reason as mountAt; only a bind of a device node, which lives on the
+// /dev filesystem, is looked at.
+func mountHolds(path, device string) (mounted, ours bool, err error) {
+	m, err := mountAt(path)
+	if err != nil || m == nil {
+		return false, false, err
+	}
+	if device == "" {
+		return true, false, nil
+	}
+	rdev, err := deviceNumber(device)
+	if err != nil {
+		return true, false, err
+	}
+	if m.Major == int(unix.Major(rdev)) && m.Minor == int(unix.Minor(rdev)) {
+		return true, true, nil
+	}
+	if m.FSType != "devtmpfs" && m.FSType != "tmpfs" {
+		return true, false, nil
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return true, false, fmt.Errorf("stat %s: %w", path, err)
+	}
+	return true, st.Mode&unix.S_IFMT == unix.S_IFBLK && st.Rdev == rdev, nil
 }

@@ -223,19 +223,15 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	mounted, err := isMountPoint(d.mounter, staging)
+	mounted, ours, err := mountHolds(staging, device)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "inspect staging path %s: %v", staging, err)
 	}
-	if mounted {
-		if ours, err := holdsVolume(staging, device); err != nil {
-			return nil, status.Errorf(codes.Internal, "inspect staging path %s: %v", staging, err)
-		} else if !ours {
-			// The spec's answer for a volume not staged at this path;
-			// whatever is mounted there is someone else's.
-			klog.InfoS("Staging path holds another device; nothing to unstage", "volumeID", id, "stagingPath", staging)
-			return &csi.NodeUnstageVolumeResponse{}, nil
-		}
+	if mounted && !ours {
+		// The spec's answer for a volume not staged at this path;
+		// whatever is mounted there is someone else's.
+		klog.InfoS("Staging path holds another device; nothing to unstage", "volumeID", id, "stagingPath", staging)
+		return &csi.NodeUnstageVolumeResponse{}, nil
 	}
 	if device != "" {
 		// Detaching a device that is still bound somewhere would only
@@ -311,12 +307,13 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	} else {
 		// Only this volume's own staging mount is bound: any other mount
 		// named as the staging path would hand its content to the pod.
-		if ok, err := isMountPoint(d.mounter, staging); err != nil || !ok {
-			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not mounted at staging path %s", id, staging)
-		}
-		if ours, err := holdsVolume(staging, device); err != nil {
+		mounted, ours, err := mountHolds(staging, device)
+		switch {
+		case err != nil:
 			return nil, status.Errorf(codes.Internal, "inspect staging path %s: %v", staging, err)
-		} else if !ours {
+		case !mounted:
+			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not mounted at staging path %s", id, staging)
+		case !ours:
 			return nil, status.Errorf(codes.FailedPrecondition, "staging path %s holds something other than volume %s", staging, id)
 		}
 		source = staging
@@ -437,16 +434,16 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	}
 	defer release()
 
-	mounted, err := isMountPoint(d.mounter, target)
+	m, err := mountAt(target)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "inspect target path %s: %v", target, err)
 	}
-	if mounted {
+	if m != nil {
 		device, err := d.backend.DevicePath(ctx, id)
 		if err != nil {
 			return nil, toStatus(err)
 		}
-		ours, err := holdsVolume(target, device)
+		_, ours, err := mountHolds(target, device)
 		if err != nil {
 			return nil, status.Errorf(codes.Internal, "inspect target path %s: %v", target, err)
 		}
@@ -484,17 +481,6 @@ func removeTarget(target string) error {
 		return nil
 	}
 	return err
-}
-
-// holdsVolume says whether path, a mount point, holds the volume attached as
-// device (its filesystem or its device node); false when the volume is not
-// attached at all.
-func holdsVolume(path, device string) (bool, error) {
-	if device == "" {
-		return false, nil
-	}
-	_, same, err := mountedDevice(path, device)
-	return same, err
 }
 
 func notFoundPath(what, p string) error {
