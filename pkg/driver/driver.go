@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -76,6 +77,9 @@ type Driver struct {
 	mounter  Mounter
 	faults   faults.Injector
 	inFlight inflight.Set
+	// openat2 resolves node paths beneath the kubelet directory; a seam so
+	// that tests reach every way the kernel can fail it.
+	openat2 func(dirfd int, path string, how *unix.OpenHow) (int, error)
 }
 
 // New checks the configuration and builds a driver.
@@ -101,7 +105,10 @@ func New(cfg Config) (*Driver, error) {
 	if m == nil {
 		m = newMounter(inj)
 	}
-	return &Driver{cfg: cfg, backend: cfg.Backend, mounter: m, faults: inj}, nil
+	if err := checkOpenat2(unix.Openat2); err != nil {
+		return nil, err
+	}
+	return &Driver{cfg: cfg, backend: cfg.Backend, mounter: m, faults: inj, openat2: unix.Openat2}, nil
 }
 
 // Run listens on the endpoints and serves until ctx is cancelled, then

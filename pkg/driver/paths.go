@@ -2,10 +2,13 @@ package driver
 
 import (
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // confinePath refuses a staging or target path that does not lie strictly
@@ -25,15 +28,17 @@ func (d *Driver) confinePath(what, p string) error {
 		return errInvalid("%s %q is not under the kubelet directory %s", what, p, d.cfg.KubeletDir)
 	}
 	root, err := unix.Open(d.cfg.KubeletDir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
+	if errors.Is(err, unix.ENOENT) {
 		// Nothing under a missing kubelet directory can be touched
 		// either; the call fails on its own path.
 		return nil
+	} else if err != nil {
+		return status.Errorf(codes.Internal, "open the kubelet directory %s: %v", d.cfg.KubeletDir, err)
 	}
 	defer unix.Close(root)
 	how := &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS}
 	for retries := 0; ; retries++ {
-		fd, err := unix.Openat2(root, rel, how)
+		fd, err := d.openat2(root, rel, how)
 		switch {
 		case err == nil:
 			unix.Close(fd)
@@ -49,13 +54,39 @@ func (d *Driver) confinePath(what, p string) error {
 			return errInvalid("%s %q goes through a symbolic link; paths under the kubelet directory %s must not", what, p, d.cfg.KubeletDir)
 		case errors.Is(err, unix.ENOTDIR):
 			return errInvalid("%s %q goes through something that is not a directory", what, p)
+		case errors.Is(err, unix.ENOTCONN), errors.Is(err, unix.ESTALE), errors.Is(err, unix.EIO):
+			// A stale mount at the last component is for the call to
+			// report, or for an unpublish to clean up; above it, nothing
+			// can be said about where the path leads.
+			if parent := filepath.Dir(rel); parent == "." || d.resolvesBeneath(root, parent, how) {
+				return nil
+			}
+			return errInvalid("%s %q lies below a mount that does not answer", what, p)
 		default:
-			// A stale mount (ENOTCONN, ESTALE) or a permission problem
-			// is for the call to report: an unpublish must still be
-			// able to clean it up.
-			return nil
+			return status.Errorf(codes.Internal, "cannot check that %s %q stays under the kubelet directory %s: %v", what, p, d.cfg.KubeletDir, err)
 		}
 	}
+}
+
+func (d *Driver) resolvesBeneath(root int, rel string, how *unix.OpenHow) bool {
+	fd, err := d.openat2(root, rel, how)
+	if err != nil {
+		return false
+	}
+	unix.Close(fd)
+	return true
+}
+
+// checkOpenat2 fails the start on a kernel that cannot resolve a path
+// beneath a directory (openat2 came with Linux 5.6): every node call
+// would be refused.
+func checkOpenat2(open func(int, string, *unix.OpenHow) (int, error)) error {
+	fd, err := open(unix.AT_FDCWD, "/", &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_SYMLINKS})
+	if err != nil {
+		return fmt.Errorf("the kernel cannot resolve paths with openat2 (Linux 5.6 or later is needed to confine node paths to the kubelet directory): %w", err)
+	}
+	unix.Close(fd)
+	return nil
 }
 
 // maxResolveRetries bounds the lookups a stream of renames can force.

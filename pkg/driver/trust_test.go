@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -154,8 +156,8 @@ func TestConfinePath(t *testing.T) {
 	if err := os.Symlink(kubelet, linkedKubelet); err != nil {
 		t.Fatal(err)
 	}
-	d := &Driver{cfg: Config{KubeletDir: kubelet}}
-	linked := &Driver{cfg: Config{KubeletDir: linkedKubelet}}
+	d := &Driver{cfg: Config{KubeletDir: kubelet}, openat2: unix.Openat2}
+	linked := &Driver{cfg: Config{KubeletDir: linkedKubelet}, openat2: unix.Openat2}
 	for _, tt := range []struct {
 		name string
 		d    *Driver
@@ -183,6 +185,48 @@ func TestConfinePath(t *testing.T) {
 			}
 			if err != nil && status.Code(err) != codes.InvalidArgument {
 				t.Errorf("code = %v, want InvalidArgument", status.Code(err))
+			}
+		})
+	}
+}
+
+// TestConfinePathFailsClosed makes the kernel's path resolution fail in
+// each way it can: a path is let through only when the failure is a stale
+// mount at its last component, which an unpublish must still clean up.
+// Anything else, a kernel without openat2 included, refuses the call.
+func TestConfinePathFailsClosed(t *testing.T) {
+	kubelet := t.TempDir()
+	stale := filepath.Join(kubelet, "pods", "p", "volumes", "mount")
+	for _, tt := range []struct {
+		name     string
+		err      error
+		atParent error
+		ok       bool
+	}{
+		{"stale mount at the last component", unix.ENOTCONN, nil, true},
+		{"stale NFS handle at the last component", unix.ESTALE, nil, true},
+		{"I/O error at the last component", unix.EIO, nil, true},
+		{"stale mount above the last component", unix.ENOTCONN, unix.ENOTCONN, false},
+		{"no openat2 in the kernel", unix.ENOSYS, unix.ENOSYS, false},
+		{"permission denied", unix.EACCES, nil, false},
+		{"name too long", unix.ENAMETOOLONG, nil, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := &Driver{cfg: Config{KubeletDir: kubelet}, openat2: func(dirfd int, path string, how *unix.OpenHow) (int, error) {
+				if path == "pods/p/volumes/mount" {
+					return -1, tt.err
+				}
+				if tt.atParent != nil {
+					return -1, tt.atParent
+				}
+				return unix.Openat2(dirfd, path, how)
+			}}
+			if err := os.MkdirAll(filepath.Dir(stale), 0o750); err != nil {
+				t.Fatal(err)
+			}
+			err := d.nodePath("target path", stale)
+			if (err == nil) != tt.ok {
+				t.Fatalf("nodePath with %v = %v, want ok=%v", tt.err, err, tt.ok)
 			}
 		})
 	}
