@@ -8,11 +8,14 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/tarn-csi/tarn/pkg/lvm"
 )
 
 // The checks below read the manifests as kubectl's kustomize renders them,
@@ -170,4 +173,23 @@ func TestNodePluginProbes(t *testing.T) {
 			}
 		}
 	}
+}
+
+// Stopping the LVM node plugin waits for an LVM command in flight, which
+// pkg/lvm lets run for up to lvm.DefaultTimeout and stops only with
+// SIGTERM: the kubelet's SIGKILL must come later than that.
+func TestLVMGraceCoversTheLongestLVMCommand(t *testing.T) {
+	const margin = 30 * time.Second
+	for _, d := range renderDeployments(t) {
+		if d.name != "lvm" {
+			continue
+		}
+		g := d.node.TerminationGracePeriodSeconds
+		if g == nil || time.Duration(*g)*time.Second < lvm.DefaultTimeout+margin {
+			t.Errorf("lvm: the node pod's terminationGracePeriodSeconds is %v, want at least %v",
+				g, (lvm.DefaultTimeout + margin).Seconds())
+		}
+		return
+	}
+	t.Fatal("no lvm overlay")
 }
