@@ -193,3 +193,145 @@ func TestLVMGraceCoversTheLongestLVMCommand(t *testing.T) {
 	}
 	t.Fatal("no lvm overlay")
 }
+
+// The sidecars' socket is open to their group: on the host, that group
+// must reach nothing, so it lives in a volume only the pod's containers
+// share. The kubelet's socket stays where the kubelet looks for it.
+func TestSidecarSocketStaysInThePod(t *testing.T) {
+	for _, d := range renderDeployments(t) {
+		tarn := findContainer(d.node, "tarn")
+		if tarn == nil {
+			t.Fatalf("%s: no tarn container", d.name)
+		}
+		ep, ok := arg(tarn, "sidecar-endpoint")
+		if !ok {
+			t.Errorf("%s: tarn has no --sidecar-endpoint", d.name)
+			continue
+		}
+		sock := strings.TrimPrefix(ep, "unix://")
+		vol, inVol := volumeOf(d.node, tarn, sock)
+		if vol == nil || vol.EmptyDir == nil {
+			t.Errorf("%s: the sidecar socket %s is not in an emptyDir (volume %s)", d.name, sock, volName(vol))
+			continue
+		}
+		for i := range d.node.Containers {
+			c := &d.node.Containers[i]
+			if c.Name == "tarn" {
+				continue
+			}
+			addr, ok := arg(c, "csi-address")
+			if !ok {
+				t.Errorf("%s: %s has no --csi-address", d.name, c.Name)
+				continue
+			}
+			if v, p := volumeOf(d.node, c, addr); v == nil || v.Name != vol.Name || p != inVol {
+				t.Errorf("%s: %s dials %s, which is not tarn's sidecar socket %s", d.name, c.Name, addr, sock)
+			}
+		}
+		kubeletSock := strings.TrimPrefix(mustArg(t, d.name, tarn, "endpoint"), "unix://")
+		want := mustArg(t, d.name, tarn, "kubelet-endpoint")
+		v, p := volumeOf(d.node, tarn, kubeletSock)
+		if v == nil || v.HostPath == nil || path.Join(v.HostPath.Path, p) != want {
+			t.Errorf("%s: the kubelet's socket %s is not the host's %s (volume %s)", d.name, kubeletSock, want, volName(v))
+		}
+	}
+}
+
+func mustArg(t *testing.T, name string, c *corev1.Container, flag string) string {
+	t.Helper()
+	v, ok := arg(c, flag)
+	if !ok {
+		t.Fatalf("%s: %s has no --%s", name, c.Name, flag)
+	}
+	return v
+}
+
+// apiClients are the containers that talk to the API server.
+var apiClients = map[string]bool{
+	"csi-provisioner":     true,
+	"csi-snapshotter":     true,
+	"snapshot-controller": true,
+	"csi-resizer":         true,
+}
+
+const tokenDir = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+// A token in the privileged container would give whoever breaks into it
+// the node service account's cluster-wide storage rights; only the
+// containers that use the API server get one, and each gets what the
+// automatic mount would give (token, CA, namespace).
+func TestOnlyAPIClientsHoldAToken(t *testing.T) {
+	for _, d := range renderDeployments(t) {
+		for _, pod := range []struct {
+			name string
+			spec corev1.PodSpec
+		}{{"node", d.node}, {"controller", d.controller}} {
+			where := d.name + ": " + pod.name
+			if a := pod.spec.AutomountServiceAccountToken; a == nil || *a {
+				t.Errorf("%s: the pod does not set automountServiceAccountToken: false", where)
+			}
+			for i := range pod.spec.Containers {
+				c := &pod.spec.Containers[i]
+				var token *corev1.VolumeMount
+				for j := range c.VolumeMounts {
+					m := &c.VolumeMounts[j]
+					v := findVolume(pod.spec, m.Name)
+					if v != nil && v.Projected != nil && projects(v.Projected, "token") {
+						token = m
+					}
+				}
+				switch {
+				case apiClients[c.Name] && c.SecurityContext != nil && c.SecurityContext.Privileged != nil && *c.SecurityContext.Privileged:
+					t.Errorf("%s: %s talks to the API server and is privileged", where, c.Name)
+				case apiClients[c.Name] && (token == nil || token.MountPath != tokenDir || !token.ReadOnly):
+					t.Errorf("%s: %s has no read-only service-account token at %s", where, c.Name, tokenDir)
+				case apiClients[c.Name]:
+					v := findVolume(pod.spec, token.Name)
+					for _, want := range []string{"ca.crt", "namespace"} {
+						if !projects(v.Projected, want) {
+							t.Errorf("%s: %s's token volume has no %s", where, c.Name, want)
+						}
+					}
+				case token != nil:
+					t.Errorf("%s: %s needs no API access but mounts a token at %s", where, c.Name, token.MountPath)
+				}
+			}
+		}
+	}
+}
+
+// projects says whether the projected volume holds file: the token, the
+// CA bundle or the namespace.
+func projects(p *corev1.ProjectedVolumeSource, file string) bool {
+	for _, s := range p.Sources {
+		switch {
+		case file == "token" && s.ServiceAccountToken != nil:
+			return true
+		case file == "ca.crt" && s.ConfigMap != nil && s.ConfigMap.Name == "kube-root-ca.crt":
+			for _, it := range s.ConfigMap.Items {
+				if it.Path == "ca.crt" {
+					return true
+				}
+			}
+		case file == "namespace" && s.DownwardAPI != nil:
+			for _, it := range s.DownwardAPI.Items {
+				if it.Path == "namespace" && it.FieldRef != nil && it.FieldRef.FieldPath == "metadata.namespace" {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+func volName(v *corev1.Volume) string {
+	switch {
+	case v == nil:
+		return "none"
+	case v.HostPath != nil:
+		return v.Name + ", hostPath " + v.HostPath.Path
+	case v.EmptyDir != nil:
+		return v.Name + ", emptyDir"
+	}
+	return v.Name
+}
