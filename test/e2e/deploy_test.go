@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/yaml"
 
 	"github.com/tarn-csi/tarn/pkg/lvm"
@@ -334,4 +337,31 @@ func volName(v *corev1.Volume) string {
 		return v.Name + ", emptyDir"
 	}
 	return v.Name
+}
+
+// The node plugin's health and metrics ports answer whoever reaches them;
+// a NetworkPolicy says who may. Every ingress rule for the node pods names
+// its ports and its sources: none is open to the whole cluster.
+func TestNetworkPolicyGuardsNodePorts(t *testing.T) {
+	for _, d := range renderDeployments(t) {
+		var guarded bool
+		for _, np := range d.policies {
+			sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+			if err != nil {
+				t.Fatalf("%s: NetworkPolicy %s: %v", d.name, np.Name, err)
+			}
+			if !sel.Matches(labels.Set(d.nodeLabels)) || !slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeIngress) {
+				continue
+			}
+			guarded = true
+			for _, r := range np.Spec.Ingress {
+				if len(r.Ports) == 0 || len(r.From) == 0 {
+					t.Errorf("%s: NetworkPolicy %s lets in traffic on any port or from anywhere: %+v", d.name, np.Name, r)
+				}
+			}
+		}
+		if !guarded {
+			t.Errorf("%s: no NetworkPolicy restricts ingress to the node pods (labels %v)", d.name, d.nodeLabels)
+		}
+	}
 }
