@@ -122,3 +122,35 @@ func isBlockDevice(path string) (bool, error) {
 	}
 	return st.Mode&unix.S_IFMT == unix.S_IFBLK, nil
 }
+
+// setDeviceReadOnly sets or clears the block layer's read-only flag of
+// device. A read-only bind of a device node stops nothing: the flag on the
+// device is what refuses writes, through every open of it.
+func setDeviceReadOnly(device string, ro bool) error {
+	f, err := os.Open(device)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	v := 0
+	if ro {
+		v = 1
+	}
+	if err := unix.IoctlSetPointerInt(int(f.Fd()), unix.BLKROSET, v); err != nil {
+		return fmt.Errorf("BLKROSET %s: %w", device, err)
+	}
+	return nil
+}
+
+func deviceReadOnly(device string) (bool, error) {
+	f, err := os.Open(device)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	v, err := unix.IoctlGetInt(int(f.Fd()), unix.BLKROGET)
+	if err != nil {
+		return false, fmt.Errorf("BLKROGET %s: %w", device, err)
+	}
+	return v != 0, nil
+}

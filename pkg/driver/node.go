@@ -97,6 +97,11 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 			klog.ErrorS(err, "Cannot detach after failed stage", "volumeID", id)
 		}
 	}()
+	// A read-only flag left by a block publication cut short (or by
+	// another volume on a reused loop device) must not reach this stage.
+	if err := writableWhenUnpublished(device); err != nil {
+		return nil, status.Errorf(codes.Internal, "%v", err)
+	}
 	want := stageWant(req.GetVolumeCapability())
 	if want.block {
 		// A block volume is published straight from its device. Its
@@ -304,6 +309,9 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		if err := refuseRawUnderFilesystem(device, id); err != nil {
 			return nil, err
 		}
+		if err := matchDeviceReadOnly(device, id, want.readonly, staging, target); err != nil {
+			return nil, err
+		}
 	} else {
 		// Only this volume's own staging mount is bound: any other mount
 		// named as the staging path would hand its content to the pod.
@@ -341,6 +349,34 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	}
 	klog.InfoS("Published volume", "volumeID", id, "targetPath", target, "block", block, "readonly", want.readonly)
 	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// matchDeviceReadOnly makes a block publication's device read-only or
+// writable as the publication asks. The flag belongs to the device, so a
+// publication that wants it otherwise than those already there is
+// refused: it would change theirs.
+func matchDeviceReadOnly(device, id string, readonly bool, except ...string) error {
+	others, err := publications(device, except...)
+	if err != nil {
+		return status.Errorf(codes.Internal, "%v", err)
+	}
+	ro, err := deviceReadOnly(device)
+	if err != nil {
+		return status.Errorf(codes.Internal, "%v", err)
+	}
+	if len(others) > 0 && ro != readonly {
+		have, asked := "writable", "read-only"
+		if ro {
+			have, asked = "read-only", "writable"
+		}
+		return status.Errorf(codes.FailedPrecondition, "volume %s is published %s at %s; a raw block device is read-only or writable for all its publications, so it cannot also be published %s", id, have, others[0], asked)
+	}
+	if ro != readonly {
+		if err := setDeviceReadOnly(device, readonly); err != nil {
+			return status.Errorf(codes.Internal, "%v", err)
+		}
+	}
+	return nil
 }
 
 // refuseRawUnderFilesystem keeps a volume staged for mount access from
@@ -454,12 +490,30 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 		if err := d.mounter.Unmount(target); err != nil {
 			return nil, status.Errorf(codes.Internal, "unmount %s: %v", target, err)
 		}
+		if err := writableWhenUnpublished(device); err != nil {
+			return nil, status.Errorf(codes.Internal, "%v", err)
+		}
 	}
 	if err := removeTarget(target); err != nil {
 		return nil, status.Errorf(codes.Internal, "remove target path %s: %v", target, err)
 	}
 	klog.InfoS("Unpublished volume", "volumeID", id, "targetPath", target)
 	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// writableWhenUnpublished clears a read-only flag that block
+// publications set once none is left: the next user of the device, this
+// volume staged again or another volume on a reused loop device, must
+// find it writable.
+func writableWhenUnpublished(device string) error {
+	others, err := publications(device)
+	if err != nil || len(others) > 0 {
+		return err
+	}
+	if ro, err := deviceReadOnly(device); err != nil || !ro {
+		return err
+	}
+	return setDeviceReadOnly(device, false)
 }
 
 // removeTarget removes what makeTarget creates, an empty directory or an
