@@ -105,7 +105,7 @@ func New(cfg Config) (*Driver, error) {
 	if m == nil {
 		m = newMounter(inj)
 	}
-	if err := checkOpenat2(unix.Openat2); err != nil {
+	if err := checkOpenat2(); err != nil {
 		return nil, err
 	}
 	return &Driver{cfg: cfg, backend: cfg.Backend, mounter: m, faults: inj, openat2: unix.Openat2}, nil

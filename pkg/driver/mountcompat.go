@@ -252,31 +252,50 @@ func mountAt(path string) (*mountinfo.Info, error) {
 }
 
 // mountHolds says whether path is a mount point and whether that mount
-// holds device: its filesystem, or its device node bound onto a file. It
-// asks the mount table and never the mounted filesystem, for the same
-// reason as mountAt; only a bind of a device node, which lives on the
-// /dev filesystem, is looked at.
+// holds device. It asks the mount table and never the mounted filesystem,
+// for the same reason as mountAt.
 func mountHolds(path, device string) (mounted, ours bool, err error) {
 	m, err := mountAt(path)
 	if err != nil || m == nil {
 		return false, false, err
 	}
+	ours, err = entryHolds(m, device)
+	return true, ours, err
+}
+
+// entryHolds says whether the mount m holds device, the volume's attached
+// device ("" when it is not attached).
+func entryHolds(m *mountinfo.Info, device string) (bool, error) {
 	if device == "" {
-		return true, false, nil
+		return false, nil
 	}
 	rdev, err := deviceNumber(device)
 	if err != nil {
-		return true, false, err
+		return false, err
 	}
+	return mountOfDevice(m, rdev)
+}
+
+// mountOfDevice says whether m is a mount of the device numbered rdev: its
+// filesystem, or its device node bound onto a file. Only such a bind,
+// which lives on the /dev filesystem, is looked at beyond the table.
+func mountOfDevice(m *mountinfo.Info, rdev uint64) (bool, error) {
 	if m.Major == int(unix.Major(rdev)) && m.Minor == int(unix.Minor(rdev)) {
-		return true, true, nil
+		return true, nil
 	}
-	if m.FSType != "devtmpfs" && m.FSType != "tmpfs" {
-		return true, false, nil
+	if !isDeviceNodeBind(m) {
+		return false, nil
 	}
 	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return true, false, fmt.Errorf("stat %s: %w", path, err)
+	if err := unix.Stat(m.Mountpoint, &st); err != nil {
+		return false, fmt.Errorf("stat %s: %w", m.Mountpoint, err)
 	}
-	return true, st.Mode&unix.S_IFMT == unix.S_IFBLK && st.Rdev == rdev, nil
+	return st.Mode&unix.S_IFMT == unix.S_IFBLK && st.Rdev == rdev, nil
+}
+
+// isDeviceNodeBind says whether m could be a device node bound onto a
+// file: such a bind shows in the table as a mount of the /dev filesystem,
+// under whatever name the node has there (/loop0, /mapper/vg-lv, /dm-3).
+func isDeviceNodeBind(m *mountinfo.Info) bool {
+	return m.FSType == "devtmpfs" || m.FSType == "tmpfs"
 }

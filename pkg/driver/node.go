@@ -304,12 +304,21 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		return &csi.NodePublishVolumeResponse{}, nil
 	}
 	block := want.block
+	singleWriter := req.GetVolumeCapability().GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER
+	// The volume's other publications, read once for the checks below
+	// that need them.
+	var others []string
+	if block || singleWriter {
+		if others, err = publications(device, staging, target); err != nil {
+			return nil, status.Errorf(codes.Internal, "%v", err)
+		}
+	}
 	source := device
 	if block {
 		if err := refuseRawUnderFilesystem(device, id); err != nil {
 			return nil, err
 		}
-		if err := matchDeviceReadOnly(device, id, want.readonly, staging, target); err != nil {
+		if err := matchDeviceReadOnly(device, id, want.readonly, others); err != nil {
 			return nil, err
 		}
 	} else {
@@ -327,14 +336,8 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		source = staging
 	}
 
-	if req.GetVolumeCapability().GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
-		others, err := publications(device, staging, target)
-		if err != nil {
-			return nil, status.Errorf(codes.Internal, "%v", err)
-		}
-		if len(others) > 0 {
-			return nil, status.Errorf(codes.FailedPrecondition, "volume %s has single-writer access and is already published at %s", id, others[0])
-		}
+	if singleWriter && len(others) > 0 {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s has single-writer access and is already published at %s", id, others[0])
 	}
 
 	if err := makeTarget(target, block); err != nil {
@@ -353,13 +356,9 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 
 // matchDeviceReadOnly makes a block publication's device read-only or
 // writable as the publication asks. The flag belongs to the device, so a
-// publication that wants it otherwise than those already there is
+// publication that wants it otherwise than the others already there is
 // refused: it would change theirs.
-func matchDeviceReadOnly(device, id string, readonly bool, except ...string) error {
-	others, err := publications(device, except...)
-	if err != nil {
-		return status.Errorf(codes.Internal, "%v", err)
-	}
+func matchDeviceReadOnly(device, id string, readonly bool, others []string) error {
 	ro, err := deviceReadOnly(device)
 	if err != nil {
 		return status.Errorf(codes.Internal, "%v", err)
@@ -479,7 +478,7 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 		if err != nil {
 			return nil, toStatus(err)
 		}
-		_, ours, err := mountHolds(target, device)
+		ours, err := entryHolds(m, device)
 		if err != nil {
 			return nil, status.Errorf(codes.Internal, "inspect target path %s: %v", target, err)
 		}
@@ -490,8 +489,10 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 		if err := d.mounter.Unmount(target); err != nil {
 			return nil, status.Errorf(codes.Internal, "unmount %s: %v", target, err)
 		}
-		if err := writableWhenUnpublished(device); err != nil {
-			return nil, status.Errorf(codes.Internal, "%v", err)
+		if isDeviceNodeBind(m) {
+			if err := writableWhenUnpublished(device); err != nil {
+				return nil, status.Errorf(codes.Internal, "%v", err)
+			}
 		}
 	}
 	if err := removeTarget(target); err != nil {

@@ -80,8 +80,8 @@ func (d *Driver) resolvesBeneath(root int, rel string, how *unix.OpenHow) bool {
 // checkOpenat2 fails the start on a kernel that cannot resolve a path
 // beneath a directory (openat2 came with Linux 5.6): every node call
 // would be refused.
-func checkOpenat2(open func(int, string, *unix.OpenHow) (int, error)) error {
-	fd, err := open(unix.AT_FDCWD, "/", &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_SYMLINKS})
+func checkOpenat2() error {
+	fd, err := unix.Openat2(unix.AT_FDCWD, "/", &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_SYMLINKS})
 	if err != nil {
 		return fmt.Errorf("the kernel cannot resolve paths with openat2 (Linux 5.6 or later is needed to confine node paths to the kubelet directory): %w", err)
 	}

@@ -51,22 +51,9 @@ func publications(device string, except ...string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	major, minor := int(unix.Major(rdev)), int(unix.Minor(rdev))
-	// A device node bound onto a file shows in the mount table as a mount
-	// of the /dev filesystem, under whatever name the node has there
-	// (/loop0, /mapper/vg-lv, /dm-3): compare the node's device number.
 	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
-		if m.Major == major && m.Minor == minor {
-			return false, false
-		}
-		if m.FSType != "devtmpfs" && m.FSType != "tmpfs" {
-			return true, false
-		}
-		var st unix.Stat_t
-		if err := unix.Stat(m.Mountpoint, &st); err != nil {
-			return true, false
-		}
-		return st.Mode&unix.S_IFMT != unix.S_IFBLK || st.Rdev != rdev, false
+		ours, err := mountOfDevice(m, rdev)
+		return err != nil || !ours, false
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read mount table: %w", err)
