@@ -1,15 +1,10 @@
 package e2e
 
 import (
-	"bytes"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	"sigs.k8s.io/yaml"
 )
 
 // TestOverlaysKeepTheNodePluginWhole renders the base and every overlay
@@ -20,10 +15,7 @@ import (
 // merges on the wrong key can silently drop the others' mounts (the LVM
 // overlay once lost the CSI socket's), and nothing else would notice.
 func TestOverlaysKeepTheNodePluginWhole(t *testing.T) {
-	kubectl := os.Getenv("TARN_E2E_KUBECTL")
-	if kubectl == "" {
-		t.Skip("TARN_E2E_KUBECTL is not set: make e2e names the cluster's kubectl")
-	}
+	kubectl := deployKubectl(t)
 	deploy := filepath.Join("..", "..", "deploy")
 	base := renderNodePlugin(t, kubectl, filepath.Join(deploy, "base"))
 	checkMountsHaveVolumes(t, "base", base)
@@ -56,24 +48,7 @@ func TestOverlaysKeepTheNodePluginWhole(t *testing.T) {
 // that dir renders to.
 func renderNodePlugin(t *testing.T, kubectl, dir string) corev1.PodSpec {
 	t.Helper()
-	var stderr bytes.Buffer
-	cmd := exec.Command(kubectl, "kustomize", dir)
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("kubectl kustomize %s: %v\n%s", dir, err, stderr.String())
-	}
-	for _, doc := range bytes.Split(out, []byte("\n---\n")) {
-		var ds appsv1.DaemonSet
-		if err := yaml.Unmarshal(doc, &ds); err != nil {
-			t.Fatalf("%s: %v", dir, err)
-		}
-		if ds.Kind == "DaemonSet" && ds.Name == "tarn-node" {
-			return ds.Spec.Template.Spec
-		}
-	}
-	t.Fatalf("%s renders no DaemonSet tarn-node", dir)
-	return corev1.PodSpec{}
+	return renderDeployment(t, kubectl, dir).node
 }
 
 func checkMountsHaveVolumes(t *testing.T, name string, pod corev1.PodSpec) {
