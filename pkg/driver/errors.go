@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
 
 	"github.com/tarn-csi/tarn/pkg/backend"
 )
@@ -29,7 +30,9 @@ func toStatus(err error) error {
 		code = codes.AlreadyExists
 	case errors.Is(err, backend.ErrOutOfRange):
 		code = codes.OutOfRange
-	case errors.Is(err, backend.ErrNoSpace):
+	case errors.Is(err, backend.ErrNoSpace), backend.IsNoSpace(err):
+		// A bare ENOSPC is a backend that did not name what was full;
+		// the code must still tell the CO that space is what is missing.
 		code = codes.ResourceExhausted
 	case errors.Is(err, backend.ErrInUse):
 		code = codes.FailedPrecondition
@@ -43,6 +46,20 @@ func toStatus(err error) error {
 		code = codes.Canceled
 	}
 	return status.Error(code, err.Error())
+}
+
+// writeFailed is the status of a write through volume id's device (mkfs,
+// filesystem growth) that failed with err. Those tools see a full backing
+// store as an I/O error, so the backend is asked whether its store is full:
+// ResourceExhausted naming it when so, Internal otherwise.
+func (d *Driver) writeFailed(ctx context.Context, id string, err error) error {
+	if sc, ok := d.backend.(backend.SpaceChecker); ok {
+		if full := sc.CheckSpace(ctx, id); full != nil {
+			klog.InfoS("Write through a volume's device failed on a full store", "volumeID", id, "err", err, "store", full)
+			return toStatus(fmt.Errorf("%w; %v", full, err))
+		}
+	}
+	return status.Error(codes.Internal, err.Error())
 }
 
 func errInvalid(format string, args ...any) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"syscall"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -21,6 +22,9 @@ func TestToStatus(t *testing.T) {
 		{fmt.Errorf("wrapped twice: %w", fmt.Errorf("%w: x", backend.ErrAlreadyExists)), codes.AlreadyExists},
 		{backend.ErrOutOfRange, codes.OutOfRange},
 		{backend.ErrNoSpace, codes.ResourceExhausted},
+		{backend.NoSpace("pool /p", fmt.Errorf("create staging directory: %w", syscall.ENOSPC)), codes.ResourceExhausted},
+		{fmt.Errorf("write record: %w", syscall.EDQUOT), codes.ResourceExhausted},
+		{fmt.Errorf("lost on the way: %v", syscall.ENOSPC), codes.Internal},
 		{backend.ErrInUse, codes.FailedPrecondition},
 		{backend.ErrInvalid, codes.InvalidArgument},
 		{backend.ErrNotReady, codes.Unavailable},

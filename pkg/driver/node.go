@@ -124,7 +124,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		// The stage that mounted it may have been cut short before it
 		// grew the filesystem; the retry must not leave it smaller than
 		// the volume.
-		if err := d.growFilesystem(device, staging, want); err != nil {
+		if err := d.growFilesystem(ctx, id, device, staging, want); err != nil {
 			return nil, err
 		}
 		staged = true
@@ -156,13 +156,13 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return nil, status.Errorf(codes.Internal, "create staging path: %v", err)
 	}
 	if err := d.mounter.FormatAndMountWith(device, staging, fsType, options, formatOptions(fsType)); err != nil {
-		return nil, status.Errorf(codes.Internal, "format and mount %s (%s) at %s: %v", device, fsType, staging, err)
+		return nil, d.writeFailed(ctx, id, fmt.Errorf("format and mount %s (%s) at %s: %w", device, fsType, staging, err))
 	}
 	mountedHere = true
 	d.faults.Point("stage-volume.after-mount")
 	// A volume restored or cloned into a larger size, or expanded while
 	// unstaged, has a filesystem smaller than its device.
-	if err := d.growFilesystem(device, staging, want); err != nil {
+	if err := d.growFilesystem(ctx, id, device, staging, want); err != nil {
 		return nil, err
 	}
 	staged = true
@@ -172,12 +172,12 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 
 // growFilesystem makes the staged filesystem fill its device, except on a
 // read-only stage, which must not write.
-func (d *Driver) growFilesystem(device, staging string, want mountWant) error {
+func (d *Driver) growFilesystem(ctx context.Context, id, device, staging string, want mountWant) error {
 	if want.readonly {
 		return nil
 	}
 	if err := d.mounter.ResizeFS(device, staging); err != nil {
-		return status.Errorf(codes.Internal, "%v", err)
+		return d.writeFailed(ctx, id, err)
 	}
 	return nil
 }

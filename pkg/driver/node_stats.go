@@ -138,7 +138,7 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 			"volume %s has no writable mount on this node to grow its filesystem through (%s is read-only)", id, path)
 	}
 	if err := d.mounter.ResizeFS(device, growAt); err != nil {
-		return nil, status.Errorf(codes.Internal, "%v", err)
+		return nil, d.writeFailed(ctx, id, err)
 	}
 	klog.InfoS("Expanded volume on node", "volumeID", id, "size", size, "path", path)
 	return &csi.NodeExpandVolumeResponse{CapacityBytes: size}, nil

@@ -137,3 +137,17 @@ func allocatedBytes(path string) int64 {
 	}
 	return fi.Size()
 }
+
+// CheckSpace implements backend.SpaceChecker. The pool counts as full when
+// less than the smallest volume is free: a write through a loop device
+// takes blocks a few at a time, and only a pool that has next to none left
+// refuses them. statfs's free space is what a process other than root may
+// still take, so the pool looks full slightly before root's writes fail.
+func (b *Backend) CheckSpace(ctx context.Context, id string) error {
+	free, _, err := b.poolStat()
+	if err != nil || free >= backend.SizeGranularity {
+		return nil
+	}
+	return fmt.Errorf("%w: pool %s is full (%d bytes free), so the file of volume %s cannot take the blocks written to it",
+		backend.ErrNoSpace, b.cfg.PoolDir, free, id)
+}
