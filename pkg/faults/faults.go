@@ -78,7 +78,7 @@ var known = []Point{
 	{"create-snapshot.after-publish", Loop},     // renamed into snapshots/
 	{"create-snapshot.after-lvcreate", LVM},     // LV made, tags but tarn.complete
 	{"create-snapshot.before-complete", LVM},    // LV filled, not tagged complete
-	{"delete-volume.before-trash", Loop},        // trash entry made, volume in place
+	{"delete-volume.before-trash", Loop},        // volume in place, nothing moved yet
 	{"delete-volume.after-trash", Loop},         // renamed into .trash, parent not fsynced
 	{"delete-volume.before-empty", Loop},        // rename durable, trash not emptied
 	{"delete-volume.before-lvremove", LVM},      // checked unused, not removed

@@ -20,6 +20,8 @@ package loop
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -102,7 +104,10 @@ type Backend struct {
 	ledger reserve.Ledger
 }
 
-var _ backend.Backend = (*Backend)(nil)
+var (
+	_ backend.Backend      = (*Backend)(nil)
+	_ backend.SpaceChecker = (*Backend)(nil)
+)
 
 // New opens a pool, creating its layout, and sweeps what interrupted calls
 // left behind.
@@ -163,6 +168,13 @@ func (b *Backend) Reflink() bool { return b.reflink }
 func (b *Backend) Ready(ctx context.Context) error {
 	dir := filepath.Join(b.cfg.PoolDir, stagingDir)
 	f, err := os.CreateTemp(dir, "probe-")
+	if backend.IsNoSpace(err) {
+		// Mounted, writable and answering: a full pool still serves the
+		// deletions that make room in it, and each call that needs space
+		// says ResourceExhausted. Read-only or gone answers otherwise.
+		klog.V(4).InfoS("Pool is full", "pool", b.cfg.PoolDir, "err", err)
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("%w: pool %s is not writable: %v", backend.ErrNotReady, b.cfg.PoolDir, err)
 	}
@@ -304,19 +316,22 @@ func (b *Backend) newStagingDir(id string) (string, error) {
 
 // removeObject deletes a volume or snapshot directory: one rename makes it
 // invisible, then the contents go; a crash in between is swept at start.
+// The rename needs no new block, unlike a directory made for it, so that
+// a full pool can still be emptied.
 func (b *Backend) removeObject(op, dir string) error {
-	trash, err := os.MkdirTemp(filepath.Join(b.cfg.PoolDir, trashDir), filepath.Base(dir)+"-")
+	suffix, err := randomSuffix()
 	if err != nil {
-		return fmt.Errorf("create trash entry: %w", err)
+		return err
 	}
+	trash := filepath.Join(b.cfg.PoolDir, trashDir, filepath.Base(dir)+"-"+suffix)
 	b.point(op, "before-trash")
-	target := filepath.Join(trash, "obj")
-	if err := os.Rename(dir, target); err != nil {
-		_ = os.Remove(trash)
+	// rename(2) would replace an empty directory of that name, which the
+	// random name makes as unlikely as MkdirTemp's would.
+	if err := os.Rename(dir, trash); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil
 		}
-		return fmt.Errorf("move %s to trash: %w", dir, err)
+		return b.full(fmt.Errorf("move %s to trash: %w", dir, err))
 	}
 	b.point(op, "after-trash")
 	if err := syncParent(dir); err != nil {
@@ -327,6 +342,22 @@ func (b *Backend) removeObject(op, dir string) error {
 		klog.ErrorS(err, "Cannot empty trash; it is retried at next start", "path", trash)
 	}
 	return nil
+}
+
+// randomSuffix makes a trash entry's name unique.
+func randomSuffix() (string, error) {
+	var buf [8]byte
+	if _, err := rand.Read(buf[:]); err != nil {
+		return "", fmt.Errorf("random name: %w", err)
+	}
+	return hex.EncodeToString(buf[:]), nil
+}
+
+// full makes a write that the pool's filesystem refused for want of space
+// an ErrNoSpace naming the pool. Every operation that writes to the pool
+// passes its error through it on the way out.
+func (b *Backend) full(err error) error {
+	return backend.NoSpace("pool "+b.cfg.PoolDir, err)
 }
 
 // poolStat returns the pool filesystem's block size, free and total bytes.

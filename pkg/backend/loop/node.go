@@ -36,7 +36,7 @@ func (b *Backend) AttachVolume(ctx context.Context, id string) (string, error) {
 	// A file shorter than its record (an expansion cut short) is grown
 	// before the device is sized from it.
 	if err := b.ensureFileSize(id, m.SizeBytes); err != nil {
-		return "", err
+		return "", b.full(err)
 	}
 	dev, err := b.loop.Attach(path, loopdev.Options{DirectIO: b.cfg.DirectIO, BlockSize: deviceBlockSize})
 	if err != nil {
@@ -94,7 +94,7 @@ func (b *Backend) RefreshDevice(ctx context.Context, id string) error {
 		return err
 	}
 	if err := b.ensureFileSize(id, m.SizeBytes); err != nil {
-		return err
+		return b.full(err)
 	}
 	dev, err := b.DevicePath(ctx, id)
 	if err != nil {

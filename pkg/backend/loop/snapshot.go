@@ -81,7 +81,7 @@ func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotReques
 		return nil
 	})
 	if err != nil {
-		return backend.Snapshot{}, err
+		return backend.Snapshot{}, b.full(err)
 	}
 	b.snapshots.put(meta)
 	if meta.Method == string(filecopy.Reflink) {

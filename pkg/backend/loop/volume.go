@@ -84,7 +84,7 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 		return nil
 	})
 	if err != nil {
-		return backend.Volume{}, err
+		return backend.Volume{}, b.full(err)
 	}
 	b.volumes.put(meta)
 	if src != nil && method == filecopy.Reflink && src.volume != nil {
@@ -410,7 +410,7 @@ func (b *Backend) ExpandVolume(ctx context.Context, id string, sizeBytes, limitB
 		return 0, err
 	}
 	if size <= m.SizeBytes {
-		return m.SizeBytes, b.ensureFileSize(id, m.SizeBytes)
+		return m.SizeBytes, b.full(b.ensureFileSize(id, m.SizeBytes))
 	}
 	release, err := b.reserveGrowth(m, size)
 	if err != nil {
@@ -422,13 +422,13 @@ func (b *Backend) ExpandVolume(ctx context.Context, id string, sizeBytes, limitB
 	// larger than recorded, which the retry (or NodeExpandVolume) fixes;
 	// the reverse could promise space the file does not have.
 	if err := b.ensureFileSize(id, size); err != nil {
-		return 0, err
+		return 0, b.full(err)
 	}
 	b.point(opExpandVolume, "after-truncate")
 	m.SizeBytes = size
 	m.UpdatedAt = time.Now().UTC()
 	if err := b.writeMeta(b.volumeDir(id), m); err != nil {
-		return 0, err
+		return 0, b.full(err)
 	}
 	b.point(opExpandVolume, "after-meta")
 	b.volumes.put(m)
