@@ -12,7 +12,6 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/tarn-csi/tarn/pkg/backend"
-	"github.com/tarn-csi/tarn/pkg/filecopy"
 )
 
 // CreateSnapshot implements backend.Backend: the volume's file is cloned,
@@ -57,8 +56,11 @@ func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotReques
 		// volume sharing extents with a snapshot it is not known to share
 		// (its capacity overstated): a retried CreateSnapshot finds the
 		// snapshot and returns it without coming back here. A snapshot
-		// that fails leaves the volume conservatively marked.
-		b.markShared(&vol)
+		// that fails leaves the volume conservatively marked; without
+		// the record there is no snapshot.
+		if err := b.markShared(&vol); err != nil {
+			return backend.Snapshot{}, b.full(err)
+		}
 	}
 	err = b.buildObject(ctx, opCreateSnapshot, id, snapshotsDir, func(dir string) error {
 		f, err := os.OpenFile(filepath.Join(dir, dataFile), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o400)
@@ -84,9 +86,6 @@ func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotReques
 		return backend.Snapshot{}, b.full(err)
 	}
 	b.snapshots.put(meta)
-	if meta.Method == string(filecopy.Reflink) {
-		b.markShared(&vol)
-	}
 	klog.V(2).InfoS("Created loop snapshot", "snapshotID", id, "sourceVolumeID", vol.ID, "method", meta.Method)
 	return meta.snapshot(), nil
 }

@@ -67,8 +67,10 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 		// Recorded before the clone, so that no crash can leave a volume
 		// sharing extents it is not known to share (its capacity
 		// overstated); a clone that fails or copies leaves it
-		// conservatively marked.
-		b.markShared(src.volume)
+		// conservatively marked. Without the record there is no clone.
+		if err := b.markShared(src.volume); err != nil {
+			return backend.Volume{}, b.full(err)
+		}
 	}
 	var method filecopy.Method
 	err = b.buildObject(ctx, opCreateVolume, id, volumesDir, func(dir string) error {
@@ -87,9 +89,6 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 		return backend.Volume{}, b.full(err)
 	}
 	b.volumes.put(meta)
-	if src != nil && method == filecopy.Reflink && src.volume != nil {
-		b.markShared(src.volume)
-	}
 	klog.V(2).InfoS("Created loop volume", "volumeID", id, "name", req.Name, "size", size, "method", method)
 	return meta.volume(), nil
 }
@@ -311,22 +310,22 @@ func (b *Backend) freezeBudget(dataPath string) time.Duration {
 	return b.cfg.FreezeTimeout + time.Duration(allocatedBytes(dataPath)/copyRateForFreeze)*time.Second
 }
 
-// markShared records that a volume now shares extents with a clone or
-// snapshot, for capacity accounting.
-func (b *Backend) markShared(m *volumeMeta) {
+// markShared records that a volume is about to share extents with a clone
+// or snapshot, for capacity accounting. The caller must not clone when it
+// fails: capacity would count the shared blocks as the volume's own.
+func (b *Backend) markShared(m *volumeMeta) error {
 	if m.Shared {
-		return
+		return nil
 	}
 	marked := *m
 	marked.Shared = true
 	marked.UpdatedAt = time.Now().UTC()
 	if err := b.writeMeta(b.volumeDir(m.ID), marked); err != nil {
-		// m stays unmarked, so that the next call tries again.
-		klog.ErrorS(err, "Cannot record shared extents; capacity may be overstated", "volumeID", m.ID)
-		return
+		return fmt.Errorf("record that volume %s will share extents: %w", m.ID, err)
 	}
 	*m = marked
 	b.volumes.put(marked)
+	return nil
 }
 
 // DeleteVolume implements backend.Backend.
