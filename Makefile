@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 IMAGE ?= tarn:$(VERSION)
 GOTEST_FLAGS ?= -count=1 -timeout 40m
 
-.PHONY: all build vet deps test test-vm test-race test-kind fuzz unit integration sanity demo image clean
+.PHONY: all build vet deps test test-vm test-race test-kind test-image fuzz unit integration sanity demo image clean
 
 all: build
 
@@ -27,19 +27,27 @@ deps:
 # csi-sanity on reflink and non-reflink pools, the demo (the README's main
 # command, so that it cannot rot), a short fuzz run, the
 # benchmark harness at small size (so it cannot rot), the stress test under
-# the race detector, LVM in the VM, and the e2e tests on a kind cluster.
+# the race detector, Tarn's image checked for a shell and for the programs
+# Tarn runs, LVM in the VM, and the e2e tests on a kind cluster.
 test: deps vet
 	$(GO) test $(GOTEST_FLAGS) ./...
 	$(MAKE) demo
 	$(MAKE) fuzz
 	$(MAKE) bench-smoke
 	$(MAKE) test-race
+	$(MAKE) test-image
 	$(MAKE) test-vm
 	$(MAKE) test-kind
 
 # The concurrent stress test again, with the race detector.
 test-race:
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m -run 'TestStress$$' ./test/reliability/ -args -stress.duration=15s
+
+# Tarn's image built on the local bases, then test/image on it: the files
+# it holds (no shell, no package manager, no program Tarn does not run) and
+# the programs of deploy/images/runtime-programs with their libraries.
+test-image: images-host images-base
+	@$(IMAGES_SH) tarn
 
 # A fresh kind cluster, the e2e tests, and the cluster removed whatever
 # happened (kind-down also fails if anything was left on the host).

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds Tarn's image from the project's Dockerfile with the local base images
 # and checks it: the version it prints, `serve --help` in a privileged
-# container, and the tools the driver runs.
+# container, and test/image on it (no shell, no package manager, no program
+# but those of runtime-programs, and each of those with its libraries).
 #
 #   IMAGE            tag to build (default tarn:$VERSION, as `make image`)
 #   VERSION          stamped into the binary (default: git describe)
@@ -21,9 +22,6 @@ TARN_BASE_IMAGE=${TARN_BASE_IMAGE:-$LOCAL_PREFIX/tarn-runtime-base:$DEBIAN_SUITE
 # Our builder for the host's Go (base-images.sh), rather than whatever holds
 # the public name: it carries this machine's GOPROXY and extra CAs.
 GO_IMAGE=${GO_IMAGE:-$LOCAL_PREFIX/golang:$(go env GOVERSION | sed 's/^go//')-$DEBIAN_SUITE}
-
-# The tools Tarn calls; the image is useless without any of them.
-TOOLS=(mkfs.ext4 mkfs.xfs resize2fs xfs_growfs fsfreeze losetup blkid mount umount lvm thin_check)
 
 # Extra `docker run` arguments for privileged containers on this machine:
 # the tarn-runc runtime where host-setup.sh had to register it.
@@ -63,11 +61,12 @@ verify() {
   fi
   log "$IMAGE: 'serve --help' runs in a privileged container ${PRIV[*]}"
 
-  local missing
-  missing=$(docker run --rm --entrypoint /bin/sh "$IMAGE" -c \
-    'for t in "$@"; do command -v "$t" >/dev/null || printf "%s " "$t"; done' sh "${TOOLS[@]}")
-  [ -z "$missing" ] || die "$IMAGE: tools missing from the image: $missing"
-  log "$IMAGE: has ${TOOLS[*]}"
+  local out
+  if ! out=$(cd "$REPO_ROOT" && TARN_TEST_IMAGE=$IMAGE go test -count=1 -run '^TestImage' ./test/image/ 2>&1); then
+    printf '%s\n' "$out" >&2
+    die "$IMAGE: test/image failed"
+  fi
+  log "$IMAGE: no shell or package manager, only $(grep -cv -e '^#' -e '^$' "$IMAGES_DIR/runtime-programs") programs of runtime-programs, each with its libraries"
 }
 
 main() {
