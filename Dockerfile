@@ -1,6 +1,10 @@
-# Tarn's image: the static tarn binary on a slim Debian that carries the
-# tools it runs (mkfs, resize and fsfreeze, losetup, mount, and for the LVM
-# backend lvm2 and the thin-provisioning tools).
+# Tarn's image: the static tarn binary and the programs it runs (mount,
+# mkfs, fsck, resize, blkid, and for the LVM backend lvm and thin_check:
+# deploy/images/runtime-programs), with the libraries and data files they
+# need, on an empty base. No shell, no package manager: the node plugin is
+# privileged, and whoever reaches its container finds nothing to run
+# beyond what Tarn runs. The programs come from Debian packages installed
+# in a throw-away stage, which deploy/images/runtime-rootfs.sh copies from.
 #
 # Both base images are build arguments so that a machine without a registry
 # can build from images it has imported (docker load) under other names:
@@ -38,7 +42,7 @@ ARG VERSION=dev
 RUN --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/tarn ./cmd/tarn
 
-FROM ${BASE_IMAGE}
+FROM ${BASE_IMAGE} AS rootfs
 # Only what is missing is installed, so that a BASE_IMAGE prepared with the
 # packages builds without a network.
 RUN set -eu; \
@@ -51,7 +55,15 @@ RUN set -eu; \
       DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing; \
       rm -rf /var/lib/apt/lists/*; \
     fi
+COPY deploy/images/runtime-programs deploy/images/runtime-rootfs.sh /assemble/
+RUN bash /assemble/runtime-rootfs.sh /assemble/runtime-programs /rootfs
+
+FROM scratch
+COPY --from=rootfs /rootfs/ /
 COPY --from=build /out/tarn /tarn
+# The programs are looked up in PATH (mount-utils runs them by name), and
+# an image from scratch has none of its own.
+ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin
 ARG VERSION=dev
 LABEL org.opencontainers.image.title="tarn" \
       org.opencontainers.image.description="Tarn CSI driver for node-local volumes" \
