@@ -121,10 +121,19 @@ func (c *Client) LVs(ctx context.Context, vg string) ([]LV, error) {
 
 // LV reports one LV; a missing one is backend.ErrNotFound.
 func (c *Client) LV(ctx context.Context, vg, name string) (LV, error) {
+	return c.lv(ctx, vg, name, lvColumns)
+}
+
+// ThinPool reports one LV like LV, with the thin pool settings.
+func (c *Client) ThinPool(ctx context.Context, vg, name string) (LV, error) {
+	return c.lv(ctx, vg, name, poolColumns)
+}
+
+func (c *Client) lv(ctx context.Context, vg, name, columns string) (LV, error) {
 	if err := checkNames(vg, name); err != nil {
 		return LV{}, err
 	}
-	out, err := c.run(ctx, append(append([]string{"lvs"}, reportArgs(lvColumns)...), vg+"/"+name)...)
+	out, err := c.run(ctx, append(append([]string{"lvs"}, reportArgs(columns)...), vg+"/"+name)...)
 	if err != nil {
 		return LV{}, err
 	}

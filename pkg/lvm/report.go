@@ -38,6 +38,11 @@ type LV struct {
 	// SkipActivation is set on thin snapshots by default: plain
 	// "lvchange -ay" and boot-time activation leave them alone.
 	SkipActivation bool
+	// Zeroing and ChunkSize are a thin pool's: whether it zeroes the rest
+	// of a chunk it provisions for a partial write, and its chunk size.
+	// Only ThinPool reports them.
+	Zeroing   bool
+	ChunkSize int64
 }
 
 // IsThin says whether the LV is a thin volume (or thin snapshot).
@@ -87,7 +92,8 @@ type VG struct {
 const (
 	lvColumns = "lv_name,vg_name,lv_size,lv_attr,lv_tags,segtype,pool_lv,origin," +
 		"data_percent,metadata_percent,lv_active_locally,lv_device_open,lv_skip_activation"
-	vgColumns = "vg_name,vg_size,vg_free,vg_extent_size,vg_extent_count,vg_free_count"
+	poolColumns = lvColumns + ",zero,chunk_size"
+	vgColumns   = "vg_name,vg_size,vg_free,vg_extent_size,vg_extent_count,vg_free_count"
 )
 
 // reportArgs are the options every report command takes: JSON, sizes in
@@ -110,6 +116,8 @@ type rawLV struct {
 	Active          string `json:"lv_active_locally"`
 	DeviceOpen      string `json:"lv_device_open"`
 	SkipActivation  string `json:"lv_skip_activation"`
+	Zeroing         string `json:"zero"`
+	ChunkSize       string `json:"chunk_size"`
 }
 
 type rawVG struct {
@@ -189,6 +197,10 @@ func (r rawLV) parse() (LV, error) {
 		Active:         p.flag("lv_active_locally", r.Active),
 		DeviceOpen:     p.flag("lv_device_open", r.DeviceOpen),
 		SkipActivation: p.flag("lv_skip_activation", r.SkipActivation),
+		Zeroing:        p.flag("zero", r.Zeroing),
+	}
+	if r.ChunkSize != "" {
+		lv.ChunkSize = p.bytes("chunk_size", r.ChunkSize)
 	}
 	if r.Tags != "" {
 		lv.Tags = strings.Split(r.Tags, ",")

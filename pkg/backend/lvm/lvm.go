@@ -30,10 +30,13 @@
 // activation-skip flag so it activates like any volume), and copies
 // otherwise. Deleting an origin never affects its snapshots or clones.
 //
-// A new thick LV is zeroed only where LVM zeroes it, its first 4 KiB
-// (which wipes filesystem signatures): a raw block volume can read what an
-// earlier LV left on its extents. A thin volume reads zeros wherever it was
-// never written.
+// No volume reads what an earlier LV left on its extents. LVM zeroes only
+// the first 4 KiB of a new linear LV, so Tarn zeroes every byte of a thick
+// volume that its source did not fill before the volume is complete, and
+// what an expansion adds before the expansion succeeds (see zeroGrowth). A
+// thin volume reads zeros wherever it was never written, provided its pool
+// zeroes the rest of a chunk it provisions for a partial write: a pool that
+// does not is refused (see Ready).
 //
 // Capacity is what LVM would really give (see capacityOf), and a call that
 // does not fit fails with ErrNoSpace before any LV is created.
@@ -54,6 +57,10 @@ import (
 	lvmcmd "github.com/tarn-csi/tarn/pkg/lvm"
 	"github.com/tarn-csi/tarn/pkg/metrics"
 )
+
+// largeZeroedChunk is the chunk size above which LVM itself warns that
+// pool zeroing slows provisioning.
+const largeZeroedChunk = 512 << 10
 
 // Config configures the LVM backend.
 type Config struct {
@@ -90,6 +97,8 @@ type Backend struct {
 	// and LVM does not show yet (see reserve). Per-volume ordering is the
 	// driver's job.
 	thickLedger, thinLedger reserve.Ledger
+	// zero makes a range of a block device read as zeros (zeroDevice).
+	zero func(ctx context.Context, dev string, from, to int64) error
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -106,7 +115,7 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		cfg.FreezeTimeout = 10 * time.Second
 	}
 	b := &Backend{cfg: cfg, client: lvmcmd.NewClient(cfg.Runner, cfg.Timeout),
-		metrics: metrics.OrNop(cfg.Metrics), faults: faults.OrNop(cfg.Faults)}
+		metrics: metrics.OrNop(cfg.Metrics), faults: faults.OrNop(cfg.Faults), zero: zeroDevice}
 	switch {
 	case cfg.DefaultType == "" && cfg.ThinPool != "":
 		b.defaultType = typeThin
@@ -126,6 +135,12 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("lvm backend: %w", err)
 	}
 	b.sweep(ctx)
+	if cfg.ThinPool != "" {
+		if pool, err := b.client.ThinPool(ctx, cfg.VolumeGroup, cfg.ThinPool); err == nil && pool.ChunkSize > largeZeroedChunk {
+			klog.InfoS("Thin pool chunks are large: each first write to a chunk zeroes all of it, which slows provisioning writes",
+				"vg", cfg.VolumeGroup, "thinPool", cfg.ThinPool, "chunkSize", pool.ChunkSize)
+		}
+	}
 	klog.InfoS("Opened LVM volume group", "vg", cfg.VolumeGroup, "thinPool", cfg.ThinPool, "defaultType", b.defaultType)
 	return b, nil
 }
@@ -141,12 +156,19 @@ func (b *Backend) Ready(ctx context.Context) error {
 	if b.cfg.ThinPool == "" {
 		return nil
 	}
-	pool, err := b.client.LV(ctx, b.cfg.VolumeGroup, b.cfg.ThinPool)
+	pool, err := b.client.ThinPool(ctx, b.cfg.VolumeGroup, b.cfg.ThinPool)
 	if err != nil {
 		return fmt.Errorf("%w: thin pool %s/%s: %v", backend.ErrNotReady, b.cfg.VolumeGroup, b.cfg.ThinPool, err)
 	}
 	if !pool.IsThinPool() {
 		return fmt.Errorf("%w: %s/%s is a %s LV, not a thin pool", backend.ErrNotReady, b.cfg.VolumeGroup, b.cfg.ThinPool, pool.Segtype)
+	}
+	if !pool.Zeroing {
+		// Zeroing every thin volume in full would provision all of it,
+		// and a discard would unprovision chunks for the old data to
+		// come back: only the pool can keep its chunks clean.
+		return fmt.Errorf("%w: thin pool %s/%s does not zero newly provisioned chunks, so a volume could read another's old data; "+
+			"turn zeroing on with: lvchange --zero y %s/%s", backend.ErrNotReady, b.cfg.VolumeGroup, b.cfg.ThinPool, b.cfg.VolumeGroup, b.cfg.ThinPool)
 	}
 	return nil
 }
@@ -186,6 +208,11 @@ func (b *Backend) sweep(ctx context.Context) {
 		}
 		if lv.HasTag(tagComplete) {
 			b.settle(ctx, lv)
+			if o, err := decodeTags(lv); err == nil && o.ZeroFrom > 0 {
+				if err := b.zeroGrowth(ctx, lv.Name, o.ZeroFrom); err != nil {
+					klog.ErrorS(err, "Cannot zero what an interrupted expansion added; retried at the next expansion or start", "lv", lv.Name)
+				}
+			}
 			continue
 		}
 		if err := b.client.Remove(ctx, b.cfg.VolumeGroup, lv.Name); err != nil {

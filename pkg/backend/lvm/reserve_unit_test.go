@@ -212,7 +212,8 @@ func flag(b bool) string {
 
 func fakeBackend(f *fakeVG, inj faults.Injector) *Backend {
 	return &Backend{cfg: Config{VolumeGroup: "vg", ThinPool: fakePool}, client: lvmcmd.NewClient(f, time.Minute),
-		defaultType: typeThin, metrics: metrics.Nop{}, faults: faults.OrNop(inj)}
+		defaultType: typeThin, metrics: metrics.Nop{}, faults: faults.OrNop(inj),
+		zero: func(context.Context, string, int64, int64) error { return nil }}
 }
 
 // gate holds the first call that reaches point until open is closed; later

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -40,6 +41,10 @@ const (
 	keySourceMode = "tarn.source.mode"
 	keyMethod     = "tarn.method"
 	keyCreated    = "tarn.created"
+	// keyZeroFrom is set on a thick volume, before it grows, to its old
+	// size: from there on its extents may hold an earlier LV's data until
+	// they are zeroed, and an interrupted expansion is finished from it.
+	keyZeroFrom = "tarn.zero-from"
 
 	// tagVersion is bumped when the meaning of the tags changes
 	// incompatibly.
@@ -94,8 +99,11 @@ type object struct {
 	SourceMode string
 	Method     string
 	CreatedAt  time.Time
-	Complete   bool
-	lv         lvmcmd.LV
+	// ZeroFrom is where a thick volume's unzeroed growth starts; 0 when
+	// it has none.
+	ZeroFrom int64
+	Complete bool
+	lv       lvmcmd.LV
 }
 
 // creationTags are the tags an object's LV is created with: everything but
@@ -141,6 +149,8 @@ func creationTags(o object) ([]string, error) {
 func completionTags(created time.Time) []string {
 	return []string{keyCreated + "=" + created.UTC().Format(time.RFC3339Nano), tagComplete}
 }
+
+func zeroFromTag(offset int64) string { return keyZeroFrom + "=" + strconv.FormatInt(offset, 10) }
 
 // decodeTags reads an LV's tags. An LV without the owner tag is errForeign;
 // an owned LV whose tags cannot be read is an error, so that it is neither
@@ -197,6 +207,11 @@ func decodeTags(lv lvmcmd.LV) (object, error) {
 			o.Method = value
 		case keyCreated:
 			o.CreatedAt, err = time.Parse(time.RFC3339Nano, value)
+		case keyZeroFrom:
+			o.ZeroFrom, err = strconv.ParseInt(value, 10, 64)
+			if err == nil && o.ZeroFrom <= 0 {
+				err = errors.New("not a positive offset")
+			}
 		default:
 			err = errors.New("unknown tag")
 		}

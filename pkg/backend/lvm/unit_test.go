@@ -79,6 +79,8 @@ func TestDecodeTagsRejects(t *testing.T) {
 		"bad mode":      {append(good, "tarn.source.mode=raw"), nil},
 		"bad time":      {append(good, "tarn.created=yesterday"), nil},
 		"no name":       {[]string{tagOwner, "tarn.v=1"}, nil},
+		"bad zero-from": {append(good, "tarn.zero-from=-4"), nil},
+		"zero-from 0":   {append(good, "tarn.zero-from=0"), nil},
 	} {
 		_, err := decodeTags(lvmcmd.LV{Name: "vol-x", VG: "vg", Tags: tc.tags})
 		if err == nil || (tc.want != nil && !errors.Is(err, tc.want)) || (tc.want == nil && errors.Is(err, errForeign)) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"sort"
+	"time"
 
 	"k8s.io/klog/v2"
 
@@ -120,6 +121,15 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 			// an earlier LV left on its extents.
 			return b.copyFrom(ctx, *src, id, cls.Type == typeThin)
 		})
+	}
+	if cls.Type == typeThick {
+		// Past what a copy wrote, the extents hold what an earlier LV
+		// left there.
+		var copied int64
+		if src != nil {
+			copied = src.lv.Size
+		}
+		steps = append(steps, func() error { return b.zero(ctx, b.devicePath(id), copied, size) })
 	}
 	if src != nil || cls.Type == typeThick {
 		// Attached means staged: a new volume is left inactive, as the
@@ -281,6 +291,11 @@ func (b *Backend) ExpandVolume(ctx context.Context, id string, sizeBytes, limitB
 	if err != nil {
 		return 0, err
 	}
+	if o.ZeroFrom > 0 {
+		if err := b.zeroGrowth(ctx, id, o.ZeroFrom); err != nil {
+			return 0, err
+		}
+	}
 	size, err := backend.RoundSize(sizeBytes, limitBytes, o.FsType)
 	if err != nil {
 		return 0, err
@@ -304,9 +319,51 @@ func (b *Backend) ExpandVolume(ctx context.Context, id string, sizeBytes, limitB
 		return 0, err
 	}
 	defer release()
+	if typ == typeThick {
+		if err := b.client.Change(ctx, b.cfg.VolumeGroup, id, lvmcmd.ChangeOptions{AddTags: []string{zeroFromTag(o.lv.Size)}}); err != nil {
+			return 0, fmt.Errorf("expand volume %s: %w", id, err)
+		}
+	}
 	if err := b.client.Extend(ctx, b.cfg.VolumeGroup, id, size); err != nil {
 		return 0, fmt.Errorf("expand volume %s: %w", id, err)
 	}
+	if typ == typeThick {
+		if err := b.zeroGrowth(ctx, id, o.lv.Size); err != nil {
+			return 0, err
+		}
+	}
 	klog.V(2).InfoS("Expanded LVM volume", "volumeID", id, "from", o.lv.Size, "to", size)
 	return size, nil
+}
+
+// zeroGrowth zeroes a thick volume from offset from to its end, where an
+// expansion gave it extents that may hold an earlier LV's data, and then
+// drops the record of that expansion. Device-mapper shows the new extents
+// the moment the LV grows, so a volume in use reads them only for as long
+// as this runs; an inactive one is activated just for it.
+func (b *Backend) zeroGrowth(ctx context.Context, id string, from int64) error {
+	lv, err := b.client.LV(ctx, b.cfg.VolumeGroup, id)
+	if err != nil {
+		return err
+	}
+	if !lv.Active {
+		if err := b.client.Activate(ctx, b.cfg.VolumeGroup, id, false); err != nil {
+			return fmt.Errorf("activate %s to zero its growth: %w", id, err)
+		}
+		defer func() {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			defer cancel()
+			if err := b.client.Deactivate(cctx, b.cfg.VolumeGroup, id); err != nil {
+				klog.ErrorS(err, "Cannot deactivate volume again after zeroing its growth", "lv", id)
+			}
+		}()
+	}
+	if err := b.zero(ctx, b.devicePath(id), from, lv.Size); err != nil {
+		return fmt.Errorf("expand volume %s: %w", id, err)
+	}
+	if err := b.client.Change(ctx, b.cfg.VolumeGroup, id, lvmcmd.ChangeOptions{DelTags: []string{zeroFromTag(from)}}); err != nil {
+		return fmt.Errorf("expand volume %s: %w", id, err)
+	}
+	klog.V(2).InfoS("Zeroed the growth of a thick volume", "volumeID", id, "from", from, "to", lv.Size)
+	return nil
 }
