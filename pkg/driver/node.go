@@ -68,6 +68,12 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	want := stageWant(req.GetVolumeCapability())
+	if !want.block && vol.FsType == "" {
+		// Its bytes are the tenant's: probing or mounting them hands a
+		// crafted image to the host's filesystem code as root.
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is a raw block volume; its content is never mounted as a filesystem: use it with volumeMode Block", id)
+	}
 	previous, err := d.backend.DevicePath(ctx, id)
 	if err != nil {
 		return nil, toStatus(err)
@@ -102,7 +108,6 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err := writableWhenUnpublished(device); err != nil {
 		return nil, status.Errorf(codes.Internal, "%v", err)
 	}
-	want := stageWant(req.GetVolumeCapability())
 	if want.block {
 		// A block volume is published straight from its device. Its
 		// filesystem mounted at this very staging path is a stage for

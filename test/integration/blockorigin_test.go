@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/moby/sys/mountinfo"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -66,6 +67,42 @@ func TestBlockContentIsNeverRestoredAsFilesystem(t *testing.T) {
 			}
 			if n := len(list.GetEntries()); n != 2 {
 				t.Errorf("ListVolumes shows %d volumes after the refusal, want the 2 sources", n)
+			}
+		})
+	}
+}
+
+// TestBlockVolumeIsNeverStagedAsFilesystem: a PersistentVolume written by
+// hand can name a raw block volume with volumeMode Filesystem. Its stage
+// would have the node inspect and mount what the tenant wrote, so it is
+// refused, saying why, with nothing mounted, probed or changed.
+func TestBlockVolumeIsNeverStagedAsFilesystem(t *testing.T) {
+	e := startInProcess(t, testpool.XFSReflink, 4*GiB)
+	for _, img := range tenantImages {
+		t.Run(img.name, func(t *testing.T) {
+			raw := e.createVolume(t, "raw-"+img.name, "", rawVolume, nil).GetVolumeId()
+			dev := e.use(t, raw, "")
+			uuid := writeTenantImage(t, img, dev.target)
+			want := fileSHA256(t, dev.target)
+			e.release(t, dev)
+			kmsg := testpool.OpenKernelLog(t)
+			for _, fsType := range []string{"ext4", "xfs", ""} {
+				c := capability("ext4")
+				c.GetMount().FsType = fsType
+				a, err := e.tryStageWith(t, raw, fsType, c)
+				if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), "raw block") {
+					t.Fatalf("mount-mode stage (%q) of a raw block volume: %v; want FailedPrecondition saying it is raw block", fsType, err)
+				}
+				if mounts, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(a.staging)); err != nil || len(mounts) > 0 {
+					t.Errorf("the refused stage left %v mounted at %s (%v)", mounts, a.staging, err)
+				}
+			}
+			if lines := naming(kmsg.Read(t), uuid); len(lines) > 0 {
+				t.Errorf("the kernel mounted the tenant's image:\n%s", strings.Join(lines, "\n"))
+			}
+			dev = e.use(t, raw, "")
+			if got := fileSHA256(t, dev.target); got != want {
+				t.Errorf("the volume's bytes changed: sha256 %s, was %s", got, want)
 			}
 		})
 	}
