@@ -150,8 +150,10 @@ load_images() {
     { echo "$out" >&2; die "kind load docker-image failed"; }
 }
 
-# A privileged pod on every node, from the loaded Tarn image: the pool must be
-# XFS with reflink at /var/lib/tarn/pool, as the DaemonSet will see it.
+# A privileged pod on every node: the pool must be XFS with reflink at
+# /var/lib/tarn/pool, as the DaemonSet will see it. The pod runs the e2e
+# workload image, since Tarn's has no shell; reflink is asked of the pool by
+# making one (a file cloned and removed), which needs no xfsprogs.
 check_pools() {
   local n node pods=()
   for n in $(pool_names); do
@@ -170,10 +172,10 @@ spec:
   tolerations: [{operator: Exists}]
   containers:
   - name: check
-    image: $KIND_IMAGE_TAG
+    image: $E2E_IMAGE
     imagePullPolicy: IfNotPresent
     securityContext: {privileged: true}
-    command: [sh, -c, 'echo "\$(findmnt -n -o FSTYPE /pool) \$(xfs_info /pool | grep -o "reflink=[01]")"']
+    command: [sh, -c, 'f=/pool/.pool-check; echo x >\$f; r=0; cp --reflink=always \$f \$f.clone 2>/dev/null && r=1; rm -f \$f \$f.clone; echo "\$(findmnt -n -o FSTYPE /pool) reflink=\$r"']
     volumeMounts: [{name: pool, mountPath: /pool}]
   volumes: [{name: pool, hostPath: {path: /var/lib/tarn/pool, type: Directory}}]
 YAML
