@@ -59,8 +59,8 @@ var (
 	shownSuperFlags = map[string]string{"sync": "async", "dirsync": "", "lazytime": "nolazytime"}
 	// bindAddsFlags are the only ones sure to be on a publication when
 	// asked. It is a bind of the staging mount, so it has its
-	// filesystem's flags whatever it asks, and mount-utils puts the
-	// staging mount's restrictions and atime mode on top of those asked.
+	// filesystem's flags whatever it asks, and it inherits the staging
+	// mount's restrictions and atime mode besides those asked.
 	bindAddsFlags = []string{"nosuid", "nodev", "noexec", "nosymfollow"}
 )
 

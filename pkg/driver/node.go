@@ -348,11 +348,15 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err := makeTarget(target, block); err != nil {
 		return nil, status.Errorf(codes.Internal, "create target path: %v", err)
 	}
-	options := append([]string{"bind"}, want.flags...)
-	if want.readonly && !slices.Contains(options, "ro") {
-		options = append(options, "ro")
+	err = bindMount(source, target, want.readonly, want.flags)
+	if errors.Is(err, errNoMountAPI) {
+		options := append([]string{"bind"}, want.flags...)
+		if want.readonly && !slices.Contains(options, "ro") {
+			options = append(options, "ro")
+		}
+		err = d.mounter.Mount(source, target, "", options)
 	}
-	if err := d.mounter.Mount(source, target, "", options); err != nil {
+	if err != nil {
 		return nil, status.Errorf(codes.Internal, "bind %s at %s: %v", source, target, err)
 	}
 	klog.InfoS("Published volume", "volumeID", id, "targetPath", target, "block", block, "readonly", want.readonly)

@@ -2,11 +2,15 @@ package integration
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 
@@ -249,5 +253,65 @@ func TestReadOnlyAlwaysWins(t *testing.T) {
 		_, err = e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol, StagingTargetPath: filepath.Join(e.work, "flags"), VolumeCapability: c})
 		cancel()
 		wantCode(t, err, codes.InvalidArgument, "NodeStageVolume with mount flag "+flag)
+	}
+}
+
+// TestReadOnlyPublicationIsNeverWritable: a read-only bind made in two
+// steps (a bind, then a read-only remount) is writable in between, and a
+// driver killed there leaves a writable publication that the kubelet's
+// retry can only be told is incompatible. Tarn binds read-only in one
+// step: a watcher of the mount table never sees the target writable, and
+// the flags asked for are on the bind from its first instant too.
+func TestReadOnlyPublicationIsNeverWritable(t *testing.T) {
+	e := startInProcess(t, testpool.XFSReflink, 2*GiB)
+	vol := e.createVolume(t, "atomic-ro", "ext4", bigVolume, nil).GetVolumeId()
+	a := e.stage(t, vol, "ext4")
+	raw := e.createVolume(t, "atomic-ro-raw", "", rawVolume, nil).GetVolumeId()
+	b := e.stage(t, raw, "")
+	for i := range 20 {
+		for _, tc := range []struct {
+			name string
+			at   attachment
+			cap  *csi.VolumeCapability
+		}{
+			{"mount", a, mountCapability("ext4", "nosuid", "nodev")},
+			{"block", b, capability("")},
+		} {
+			target := filepath.Join(e.work, fmt.Sprintf("ro-%s-%d", tc.name, i))
+			stop, sawWritable := make(chan struct{}), make(chan string, 1)
+			go func() {
+				defer close(sawWritable)
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					mounts, _ := mountinfo.GetMounts(mountinfo.SingleEntryFilter(target))
+					for _, m := range mounts {
+						opts := strings.Split(m.Options, ",")
+						if !slices.Contains(opts, "ro") || (tc.name == "mount" && !slices.Contains(opts, "nosuid")) {
+							sawWritable <- m.Options
+							return
+						}
+					}
+				}
+			}()
+			ctx, cancel := callCtx()
+			_, err := e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: tc.at.volID, StagingTargetPath: tc.at.staging,
+				TargetPath: target, VolumeCapability: tc.cap, Readonly: true})
+			close(stop)
+			if err != nil {
+				cancel()
+				t.Fatalf("read-only NodePublishVolume (%s): %v", tc.name, err)
+			}
+			if opts, ok := <-sawWritable; ok {
+				t.Errorf("publication %d (%s) was mounted with %s before it was read-only with its flags", i, tc.name, opts)
+			}
+			if _, err := e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: tc.at.volID, TargetPath: target}); err != nil {
+				t.Errorf("NodeUnpublishVolume: %v", err)
+			}
+			cancel()
+		}
 	}
 }
