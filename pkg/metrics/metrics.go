@@ -50,6 +50,9 @@ const (
 	// ActionFilesystemThawed: a pool volume's filesystem left frozen by a
 	// killed driver was thawed.
 	ActionFilesystemThawed = "filesystem_thawed"
+	// ActionSuspendedResumed: an LV's device left suspended by an
+	// interrupted LVM command was resumed.
+	ActionSuspendedResumed = "lv_resumed"
 )
 
 // knownActions is a function, not a variable, so that nothing at package
@@ -58,6 +61,7 @@ func knownActions() []string {
 	return []string{
 		ActionIncompleteRemoved, ActionDeletedRemoved, ActionTempFileRemoved,
 		ActionLeftoverUnmounted, ActionLoopDetached, ActionFilesystemThawed,
+		ActionSuspendedResumed,
 	}
 }
 

@@ -46,6 +46,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -131,6 +132,7 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if err := b.Ready(ctx); err != nil {
 		return nil, fmt.Errorf("lvm backend: %w", err)
 	}
+	b.resumeSuspended(ctx)
 	if err := b.activatePool(ctx); err != nil {
 		return nil, fmt.Errorf("lvm backend: %w", err)
 	}
@@ -189,6 +191,35 @@ func (b *Backend) activatePool(ctx context.Context) error {
 	}
 	klog.InfoS("Activated thin pool", "vg", b.cfg.VolumeGroup, "thinPool", b.cfg.ThinPool)
 	return nil
+}
+
+// resumeSuspended resumes the thin pool and the Tarn LVs whose devices are
+// suspended. LVM suspends a device while it changes its table (an
+// extension, a thin snapshot, which suspends the pool too) and resumes it
+// after; a command killed in between leaves every I/O to it hanging, the
+// kubelet's and the application's included. No Tarn call runs yet, and a
+// command another process runs holds the VG's lock, which the refresh
+// waits for.
+func (b *Backend) resumeSuspended(ctx context.Context) {
+	lvs, err := b.client.LVs(ctx, b.cfg.VolumeGroup)
+	if err != nil {
+		klog.ErrorS(err, "Cannot list LVs to resume suspended ones", "vg", b.cfg.VolumeGroup)
+		return
+	}
+	// The pool first: its volumes' I/O goes through it.
+	sort.SliceStable(lvs, func(i, j int) bool { return lvs[i].Name == b.cfg.ThinPool && lvs[j].Name != b.cfg.ThinPool })
+	for _, lv := range lvs {
+		ours := lv.HasTag(tagOwner) && validID(lv.Name)
+		if lv.AttrState() != 's' || !(ours || (b.cfg.ThinPool != "" && lv.Name == b.cfg.ThinPool)) {
+			continue
+		}
+		if err := b.client.Refresh(ctx, b.cfg.VolumeGroup, lv.Name); err != nil {
+			klog.ErrorS(err, "Cannot resume a suspended LV; its I/O stays blocked", "vg", b.cfg.VolumeGroup, "lv", lv.Name)
+			continue
+		}
+		b.metrics.ReconcilerAction(metrics.ActionSuspendedResumed)
+		klog.InfoS("Resumed an LV left suspended by an interrupted LVM command", "vg", b.cfg.VolumeGroup, "lv", lv.Name)
+	}
 }
 
 // sweep removes Tarn LVs that never got their completion tag: the leftovers

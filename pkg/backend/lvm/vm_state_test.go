@@ -162,3 +162,39 @@ func TestHealth(t *testing.T) {
 		t.Errorf("Health of a missing volume = %+v", p)
 	}
 }
+
+// TestSuspendedLVsAreResumedAtStart: LVM suspends an LV's device while it
+// changes its table (lvextend, a thin snapshot of it, which suspends the
+// pool too) and resumes it after; a command killed in between leaves every
+// I/O to the device hanging. Nothing but Tarn runs LVM commands on its
+// volumes, and none runs yet at start, so the start resumes them.
+func TestSuspendedLVsAreResumedAtStart(t *testing.T) {
+	e := newEnv(t, poolSize)
+	thick := e.createVolume("thick", typeThick, volSize, backend.Source{})
+	thin := e.createVolume("thin", typeThin, volSize, backend.Source{})
+	suspended := []string{thick.ID, thin.ID, e.pool}
+	for _, id := range []string{thick.ID, thin.ID} {
+		e.attach(id)
+		defer e.detach(id)
+	}
+	for _, name := range suspended {
+		dm := strings.ReplaceAll(e.vg, "-", "--") + "-" + strings.ReplaceAll(name, "-", "--")
+		if name == e.pool {
+			// The pool's own device; the LV of its name is a layer
+			// above it.
+			dm += "-tpool"
+		}
+		run(t, "dmsetup", "suspend", dm)
+	}
+	for _, name := range suspended {
+		if state := e.lv(name).AttrState(); state != 's' {
+			t.Fatalf("%s: state %q after dmsetup suspend, want 's'", name, state)
+		}
+	}
+	e.b = e.open()
+	for _, name := range suspended {
+		if state := e.lv(name).AttrState(); state != 'a' {
+			t.Errorf("%s: state %q after start, want active ('a'), not suspended", name, state)
+		}
+	}
+}
