@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"k8s.io/klog/v2"
+
 	"github.com/tarn-csi/tarn/pkg/backend"
 )
 
@@ -45,7 +47,15 @@ type Exec struct {
 	// Path is the lvm binary; "" means "lvm" looked up in the standard
 	// system directories.
 	Path string
+	// AbandonAfter is how long a command told to stop (SIGTERM, when its
+	// context ends) may take to end before the call gives up waiting
+	// for it; 0 means DefaultAbandonAfter.
+	AbandonAfter time.Duration
 }
+
+// DefaultAbandonAfter is long enough for LVM to leave a critical section
+// (a metadata commit, a table reload) once it is told to stop.
+const DefaultAbandonAfter = 30 * time.Second
 
 // execPath is fixed rather than inherited so that LVM's helpers (modprobe,
 // thin_check) resolve the same way whatever the driver's environment is.
@@ -79,7 +89,38 @@ func (e Exec) Run(ctx context.Context, args []string) (Output, error) {
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
+	if err := cmd.Start(); err != nil {
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
+			return Output{}, fmt.Errorf("%w: lvm binary: %v", backend.ErrNotReady, err)
+		}
+		return Output{}, fmt.Errorf("run lvm %s: %w", args[0], err)
+	}
+	ended := make(chan error, 1)
+	go func() { ended <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-ended:
+	case <-ctx.Done():
+		// The context's end has sent SIGTERM. A command that does not
+		// end is left to end on its own (it is reaped then), so that it
+		// holds neither its caller nor the volume's lock; LVM's own VG
+		// lock keeps later commands from running into it.
+		grace := e.AbandonAfter
+		if grace <= 0 {
+			grace = DefaultAbandonAfter
+		}
+		select {
+		case err = <-ended:
+		case <-time.After(grace):
+			pid := cmd.Process.Pid
+			go func() {
+				<-ended
+				klog.InfoS("An abandoned LVM command has ended", "command", args[0], "pid", pid)
+			}()
+			return Output{}, fmt.Errorf("lvm %s interrupted: %w; it is still running %s after being told to stop (pid %d), and is left to end on its own",
+				args[0], ctx.Err(), grace, pid)
+		}
+	}
 	out := Output{Stdout: stdout.Bytes(), Stderr: stderr.Bytes()}
 	var exitErr *exec.ExitError
 	switch {

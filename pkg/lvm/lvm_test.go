@@ -3,8 +3,12 @@ package lvm
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -336,5 +340,41 @@ func TestExecRunnerTerminatesOnTimeout(t *testing.T) {
 	}
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("interrupted command took %v to end", d)
+	}
+}
+
+// An LVM command that does not end when told to (blocked in the kernel on
+// a suspended device, or inside a section where it blocks signals) must
+// not hold its caller, and with it the volume's lock, forever: after a
+// grace it is left to end on its own, never killed, and the call fails.
+func TestExecRunnerAbandonsACommandThatIgnoresSIGTERM(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := (Exec{Path: "/bin/sh", AbandonAfter: 300 * time.Millisecond}).Run(ctx,
+			[]string{"-c", `echo $$ > "$1"; trap '' TERM; sleep 30 & while kill -0 $! 2>/dev/null; do wait $!; done`, "sh", pidFile})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "still running") {
+			t.Errorf("err = %v, want DeadlineExceeded saying the command is still running", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run still waits for a command that ignores SIGTERM")
+	}
+	data, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(pid, syscall.SIGKILL)
+	if err := syscall.Kill(pid, 0); err != nil {
+		t.Errorf("the abandoned command is gone (%v): it must be left to end by itself, not killed", err)
 	}
 }
