@@ -107,3 +107,42 @@ func TestBlockVolumeIsNeverStagedAsFilesystem(t *testing.T) {
 		})
 	}
 }
+
+// TestInUseBlockVolumeIsNotCopiedTorn: on a pool without reflinks a
+// snapshot or clone copies the volume's file, which takes a while; a raw
+// block volume a pod writes meanwhile has no filesystem to freeze, so the
+// copy would mix old and new blocks. Such a copy is refused with a message
+// that says what to do, and works once the volume is no longer in use. On
+// a reflink pool the clone is one atomic step and is allowed.
+func TestInUseBlockVolumeIsNotCopiedTorn(t *testing.T) {
+	for _, tc := range []struct {
+		pool testpool.Kind
+		want codes.Code
+	}{
+		{testpool.Ext4, codes.FailedPrecondition},
+		{testpool.XFSReflink, codes.OK},
+	} {
+		t.Run(string(tc.pool), func(t *testing.T) {
+			e := startInProcess(t, tc.pool, 2*GiB)
+			raw := e.createVolume(t, "raw", "", rawVolume, nil).GetVolumeId()
+			dev := e.use(t, raw, "")
+			ctx, cancel := callCtx()
+			defer cancel()
+			_, errSnap := e.ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "in-use-snap", SourceVolumeId: raw})
+			_, errClone := e.tryCreateVolume(t, volumeRequest("in-use-clone", "", rawVolume, fromVolume(raw)))
+			for what, err := range map[string]error{"CreateSnapshot": errSnap, "CreateVolume from the volume": errClone} {
+				if status.Code(err) != tc.want {
+					t.Errorf("%s of a raw block volume in use: %v, want %s", what, err, tc.want)
+				} else if err != nil && !strings.Contains(status.Convert(err).Message(), "reflink") {
+					t.Errorf("%s: the refusal does not say what to do: %q", what, status.Convert(err).Message())
+				}
+			}
+			if tc.want == codes.OK {
+				return
+			}
+			e.release(t, dev)
+			e.createSnapshot(t, "idle-snap", raw)
+			e.createVolume(t, "idle-clone", "", rawVolume, fromVolume(raw))
+		})
+	}
+}

@@ -34,6 +34,9 @@ func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotReques
 	if err != nil {
 		return backend.Snapshot{}, fmt.Errorf("source volume: %w", err)
 	}
+	if err := b.refuseTornCopy(ctx, vol); err != nil {
+		return backend.Snapshot{}, err
+	}
 	src := &source{dataPath: filepath.Join(b.volumeDir(vol.ID), dataFile), size: vol.SizeBytes, volume: &vol}
 	// A copy needs room for the data; a reflink needs none now, but makes
 	// the origin's allocated blocks shared, so they must be reservable.

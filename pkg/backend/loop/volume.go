@@ -44,6 +44,11 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 	if src != nil && src.block && req.FsType != "" {
 		return backend.Volume{}, backend.FilesystemFromBlockError(req.Source)
 	}
+	if src != nil && src.volume != nil {
+		if err := b.refuseTornCopy(ctx, *src.volume); err != nil {
+			return backend.Volume{}, err
+		}
+	}
 	if src != nil && src.size > size {
 		if req.LimitBytes > 0 && src.size > req.LimitBytes {
 			return backend.Volume{}, fmt.Errorf("%w: source is %d bytes, more than the limit of %d", backend.ErrOutOfRange, src.size, req.LimitBytes)
@@ -296,6 +301,23 @@ func (b *Backend) cloneFrom(ctx context.Context, op string, dst *os.File, src *s
 		return "", fmt.Errorf("clone %s: %w", src.dataPath, err)
 	}
 	return method, nil
+}
+
+// refuseTornCopy refuses to copy a raw block volume attached on this node
+// when the pool has no reflinks: nothing can be frozen on a raw device, and
+// a copy that takes as long as the data mixes blocks from before and after
+// the writes made meanwhile. A reflink clone is one atomic step.
+func (b *Backend) refuseTornCopy(ctx context.Context, vol volumeMeta) error {
+	if b.reflink || vol.FsType != "" {
+		return nil
+	}
+	dev, err := b.DevicePath(ctx, vol.ID)
+	if err != nil || dev == "" {
+		return err
+	}
+	return fmt.Errorf("%w: volume %s is a raw block volume attached on this node (%s), and this pool has no reflinks: "+
+		"a copy made while it is written would be torn; stop the pods that use it, or keep raw block volumes on a reflink pool (XFS with reflink, btrfs)",
+		backend.ErrInUse, vol.ID, dev)
 }
 
 // copyRateForFreeze is a pessimistic copy speed: without reflinks the

@@ -32,6 +32,18 @@ func copyBudget(freezeTimeout time.Duration, n int64) time.Duration {
 	return freezeTimeout + time.Duration(n/minCopyRate+1)*time.Second
 }
 
+// refuseTornCopy refuses to copy a raw block volume whose device is open
+// (a pod's, through the kubelet): nothing can be frozen on a raw device,
+// and a copy that takes as long as the data mixes blocks from before and
+// after the writes made meanwhile. A thin snapshot is one atomic step.
+func refuseTornCopy(src object) error {
+	if !backend.ValidVolumeID(src.ID) || src.FsType != "" || !src.lv.DeviceOpen {
+		return nil
+	}
+	return fmt.Errorf("%w: volume %s is a raw block volume in use on this node, and a thick copy of it made while it is written would be torn; "+
+		"stop the pods that use it, or use thin volumes, whose snapshots are atomic", backend.ErrInUse, src.ID)
+}
+
 // copyFrom copies the content of src (a volume or snapshot) onto the start
 // of the active LV dstID. The source is activated for the copy if it is not
 // active, and deactivated again afterwards. A source volume is quiesced for

@@ -47,6 +47,11 @@ func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotReques
 	if vol.lv.IsThin() {
 		o.Method, o.Type = methodThin, typeThin
 	}
+	if o.Method == methodCopy {
+		if err := refuseTornCopy(vol); err != nil {
+			return backend.Snapshot{}, err
+		}
+	}
 	tags, err := creationTags(o)
 	if err != nil {
 		return backend.Snapshot{}, err

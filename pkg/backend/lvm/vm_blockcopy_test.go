@@ -180,3 +180,34 @@ func sameBytes(t *testing.T, what, got, want string) {
 		}
 	}
 }
+
+// TestInUseBlockVolumeIsNotCopiedTorn: a thick copy of a raw block volume
+// that something holds open (a pod, through the kubelet) would mix blocks
+// from before and after the writes made during it, so it is refused; a
+// thin snapshot is atomic and is allowed. Closed again, the copy works.
+func TestInUseBlockVolumeIsNotCopiedTorn(t *testing.T) {
+	e := newEnv(t, 4*rawSize)
+	for _, typ := range []string{typeThick, typeThin} {
+		src := e.createBlock("src-"+typ, typ, backend.Source{})
+		f, err := os.OpenFile(e.attach(src.ID), os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, errSnap := e.b.CreateSnapshot(e.ctx, backend.SnapshotRequest{Name: e.name("snap-" + typ), SourceVolumeID: src.ID})
+		_, errClone := e.b.CreateVolume(e.ctx, backend.VolumeRequest{Name: e.name("clone-" + typ), RequiredBytes: rawSize,
+			Parameters: map[string]string{ParamType: typeThick}, Source: backend.Source{VolumeID: src.ID}})
+		f.Close()
+		if typ == typeThin {
+			if errSnap != nil {
+				t.Errorf("thin snapshot of an open raw block volume: %v, want it made", errSnap)
+			}
+		} else if !errors.Is(errSnap, backend.ErrInUse) {
+			t.Errorf("thick snapshot of an open raw block volume: %v, want ErrInUse", errSnap)
+		}
+		if !errors.Is(errClone, backend.ErrInUse) {
+			t.Errorf("thick clone of an open %s raw block volume: %v, want ErrInUse", typ, errClone)
+		}
+		e.createBlock("closed-clone-"+typ, typeThick, backend.Source{VolumeID: src.ID})
+		e.detach(src.ID)
+	}
+}

@@ -76,6 +76,11 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 		return backend.Volume{}, err
 	}
 	thinClone := src != nil && cls.Type == typeThin && src.lv.IsThin() && src.lv.Pool == b.cfg.ThinPool
+	if src != nil && !thinClone {
+		if err := refuseTornCopy(*src); err != nil {
+			return backend.Volume{}, err
+		}
+	}
 	// The promise is kept until LVM shows the LV at its full size: right
 	// after it is made, or, for a thin clone made at its source's size,
 	// after its extension. Whatever fails first releases it on return.
