@@ -120,8 +120,19 @@ down() {
   log "cluster $KIND_CLUSTER: nothing left (no node container, pool mount or loop device)"
 }
 
+# The nodes see only the /dev/loopN nodes that exist when they start, and
+# the kubelet's raw block mapping takes a free loop device of its own for
+# every published block volume: a freshly booted host may have only a few.
+loop_nodes() {
+  local n
+  for n in $(seq 0 63); do
+    [ -e "/dev/loop$n" ] || mknod -m 0660 "/dev/loop$n" b 7 "$n"
+  done
+}
+
 create() {
   local cfg; cfg=$(dirname "$KIND_KUBECONFIG")/cluster.yaml
+  loop_nodes
   mkdir -p "$(dirname "$KIND_KUBECONFIG")"
   sed -e "s#@CLUSTER@#$KIND_CLUSTER#g" -e "s#@POOLS@#$POOL_ROOT#g" "$TEMPLATE" >"$cfg"
   # --kubeconfig: the user's ~/.kube/config is left alone.
