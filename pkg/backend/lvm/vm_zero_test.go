@@ -101,6 +101,16 @@ func assertZeros(t *testing.T, what, dev string, from, to int64) {
 	}
 }
 
+// cutShort leaves thick volume v as a driver killed between lvextend and
+// the zeroing of an expansion to size would.
+func cutShort(e *env, v backend.Volume, size int64, dirt map[string]bool) backend.Volume {
+	e.t.Helper()
+	e.lvm("lvchange", "--addtag", zeroFromTag(v.SizeBytes), e.vg+"/"+v.ID)
+	e.lvm("lvextend", "--size", strconv.FormatInt(size, 10)+"b", e.vg+"/"+v.ID)
+	e.requireOnDirt(v.ID, dirt)
+	return v
+}
+
 // TestNoOldDataInNewVolumes writes a pattern over free extents and then
 // makes each kind of volume there: every byte the new volume did not get
 // from its source must read as zero.
@@ -149,12 +159,7 @@ func TestNoOldDataInNewVolumes(t *testing.T) {
 			return v, 0
 		}},
 		{"thick expansion cut short after lvextend, finished at start", func(e *env, dirt map[string]bool) (backend.Volume, int64) {
-			v := raw(e, "v", typeThick, small, backend.Source{})
-			// What a driver killed between lvextend and the zeroing
-			// leaves behind.
-			e.lvm("lvchange", "--addtag", zeroFromTag(small), e.vg+"/"+v.ID)
-			e.lvm("lvextend", "--size", strconv.FormatInt(big, 10)+"b", e.vg+"/"+v.ID)
-			e.requireOnDirt(v.ID, dirt)
+			v := cutShort(e, raw(e, "v", typeThick, small, backend.Source{}), big, dirt)
 			e.b = e.open()
 			if lv := e.lv(v.ID); lv.HasTag(zeroFromTag(small)) {
 				e.t.Errorf("tag %s still on %s after start", zeroFromTag(small), v.ID)
@@ -162,10 +167,7 @@ func TestNoOldDataInNewVolumes(t *testing.T) {
 			return v, 0
 		}},
 		{"thick expansion cut short after lvextend, finished by the retry", func(e *env, dirt map[string]bool) (backend.Volume, int64) {
-			v := raw(e, "v", typeThick, small, backend.Source{})
-			e.lvm("lvchange", "--addtag", zeroFromTag(small), e.vg+"/"+v.ID)
-			e.lvm("lvextend", "--size", strconv.FormatInt(big, 10)+"b", e.vg+"/"+v.ID)
-			e.requireOnDirt(v.ID, dirt)
+			v := cutShort(e, raw(e, "v", typeThick, small, backend.Source{}), big, dirt)
 			if got, err := e.b.ExpandVolume(e.ctx, v.ID, big, 0); err != nil || got != big {
 				e.t.Fatalf("retried ExpandVolume = %d, %v", got, err)
 			}
