@@ -129,8 +129,13 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	default:
 		return nil, fmt.Errorf("lvm backend: default type %q is neither thin nor thick", cfg.DefaultType)
 	}
-	if err := b.Ready(ctx); err != nil {
+	if err := b.present(ctx); err != nil {
 		return nil, fmt.Errorf("lvm backend: %w", err)
+	}
+	if err := b.poolZeroes(ctx); err != nil {
+		// Existing volumes must still be unpublished, unstaged and
+		// deleted; readiness and new thin volumes carry the refusal.
+		klog.ErrorS(err, "Thin pool refused for new volumes")
 	}
 	b.resumeSuspended(ctx)
 	if err := b.activatePool(ctx); err != nil {
@@ -150,20 +155,42 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 // Kind implements backend.Backend.
 func (b *Backend) Kind() string { return "lvm" }
 
-// Ready implements backend.Backend: the VG and the thin pool must be there.
+// Ready implements backend.Backend: the VG and the thin pool must be
+// there, and the pool must zero what it provisions.
 func (b *Backend) Ready(ctx context.Context) error {
+	if err := b.present(ctx); err != nil {
+		return err
+	}
+	return b.poolZeroes(ctx)
+}
+
+// present checks that the VG and the thin pool are there.
+func (b *Backend) present(ctx context.Context) error {
 	if _, err := b.client.VG(ctx, b.cfg.VolumeGroup); err != nil {
 		return fmt.Errorf("%w: volume group %s: %v", backend.ErrNotReady, b.cfg.VolumeGroup, err)
 	}
 	if b.cfg.ThinPool == "" {
 		return nil
 	}
-	pool, err := b.client.ThinPool(ctx, b.cfg.VolumeGroup, b.cfg.ThinPool)
+	pool, err := b.client.LV(ctx, b.cfg.VolumeGroup, b.cfg.ThinPool)
 	if err != nil {
 		return fmt.Errorf("%w: thin pool %s/%s: %v", backend.ErrNotReady, b.cfg.VolumeGroup, b.cfg.ThinPool, err)
 	}
 	if !pool.IsThinPool() {
 		return fmt.Errorf("%w: %s/%s is a %s LV, not a thin pool", backend.ErrNotReady, b.cfg.VolumeGroup, b.cfg.ThinPool, pool.Segtype)
+	}
+	return nil
+}
+
+// poolZeroes checks that the thin pool zeroes the rest of a chunk it
+// provisions for a partial write.
+func (b *Backend) poolZeroes(ctx context.Context) error {
+	if b.cfg.ThinPool == "" {
+		return nil
+	}
+	pool, err := b.client.ThinPool(ctx, b.cfg.VolumeGroup, b.cfg.ThinPool)
+	if err != nil {
+		return fmt.Errorf("%w: thin pool %s/%s: %v", backend.ErrNotReady, b.cfg.VolumeGroup, b.cfg.ThinPool, err)
 	}
 	if !pool.Zeroing {
 		// Zeroing every thin volume in full would provision all of it,
@@ -239,11 +266,6 @@ func (b *Backend) sweep(ctx context.Context) {
 		}
 		if lv.HasTag(tagComplete) {
 			b.settle(ctx, lv)
-			if o, err := decodeTags(lv); err == nil && o.ZeroFrom > 0 {
-				if err := b.zeroGrowth(ctx, lv.Name, o.ZeroFrom); err != nil {
-					klog.ErrorS(err, "Cannot zero what an interrupted expansion added; retried at the next expansion or start", "lv", lv.Name)
-				}
-			}
 			continue
 		}
 		if err := b.client.Remove(ctx, b.cfg.VolumeGroup, lv.Name); err != nil {

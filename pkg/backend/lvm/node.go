@@ -43,6 +43,13 @@ func (b *Backend) AttachVolume(ctx context.Context, id string) (string, error) {
 	if _, err := os.Stat(path); err != nil {
 		return "", fmt.Errorf("%s is active but its device node is missing: %w", id, err)
 	}
+	if o.ZeroFrom > 0 {
+		// Before anything can grow its filesystem into what an
+		// interrupted expansion added: zeroing it later would wipe that.
+		if err := b.zeroGrowth(ctx, id, o.ZeroFrom); err != nil {
+			return "", err
+		}
+	}
 	return path, nil
 }
 

@@ -189,6 +189,7 @@ func (f *fakeVG) lvReport(only *string) lvmcmd.Output {
 		}
 		if lv.segtype == "thin-pool" {
 			row["lv_attr"], row["data_percent"], row["metadata_percent"] = "twi-aotz--", "0.00", "0.00"
+			row["zero"], row["chunk_size"] = "1", "65536"
 		}
 		rows = append(rows, row)
 	}

@@ -42,13 +42,16 @@ func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotReques
 	if err != nil {
 		return backend.Snapshot{}, fmt.Errorf("source volume: %w", err)
 	}
+	if err := b.finishGrowth(ctx, &vol); err != nil {
+		return backend.Snapshot{}, fmt.Errorf("source volume: %w", err)
+	}
 
 	o := object{ID: id, Name: req.Name, SourceVolumeID: vol.ID, SourceMode: volumeMode(vol.FsType), Method: methodCopy, Type: typeThick}
 	if vol.lv.IsThin() {
 		o.Method, o.Type = methodThin, typeThin
 	}
 	if o.Method == methodCopy {
-		if err := refuseTornCopy(vol); err != nil {
+		if err := b.refuseTornCopy(vol); err != nil {
 			return backend.Snapshot{}, err
 		}
 	}

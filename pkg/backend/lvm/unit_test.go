@@ -277,7 +277,8 @@ func (s *scripted) Run(ctx context.Context, args []string) (lvmcmd.Output, error
 	case "vgs":
 		return lvmcmd.Output{Stdout: []byte(s.vgs)}, nil
 	case "lvs":
-		if strings.Contains(last, "/") {
+		// Only the pool is there to be asked for by name.
+		if strings.Contains(last, "/") && last != "vg/pool" {
 			return lvmcmd.Output{ExitCode: 5, Stderr: []byte(`  Failed to find logical volume "` + last + `"`)}, nil
 		}
 		return lvmcmd.Output{Stdout: []byte(s.lvs)}, nil
@@ -288,7 +289,7 @@ func (s *scripted) Run(ctx context.Context, args []string) (lvmcmd.Output, error
 func TestNoSpaceBeforeAnyLVCreate(t *testing.T) {
 	s := &scripted{
 		vgs: `{"report":[{"vg":[{"vg_name":"vg","vg_size":"1073741824","vg_free":"104857600","vg_extent_size":"4194304","vg_extent_count":"256","vg_free_count":"25"}]}]}`,
-		lvs: `{"report":[{"lv":[{"lv_name":"pool","vg_name":"vg","lv_size":"536870912","lv_attr":"twi-aotz--","lv_tags":"","segtype":"thin-pool","pool_lv":"","origin":"","data_percent":"0.00","metadata_percent":"10.00","lv_active_locally":"1","lv_device_open":"1","lv_skip_activation":"0"}]}]}`,
+		lvs: `{"report":[{"lv":[{"lv_name":"pool","vg_name":"vg","lv_size":"536870912","lv_attr":"twi-aotz--","lv_tags":"","segtype":"thin-pool","pool_lv":"","origin":"","data_percent":"0.00","metadata_percent":"10.00","lv_active_locally":"1","lv_device_open":"1","lv_skip_activation":"0","zero":"1","chunk_size":"65536"}]}]}`,
 	}
 	b := &Backend{cfg: Config{VolumeGroup: "vg", ThinPool: "pool"}, client: lvmcmd.NewClient(s, time.Minute), defaultType: typeThin}
 	ctx := context.Background()

@@ -3,6 +3,7 @@ package lvm
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"strconv"
@@ -158,13 +159,20 @@ func TestNoOldDataInNewVolumes(t *testing.T) {
 			e.detach(v.ID)
 			return v, 0
 		}},
-		{"thick expansion cut short after lvextend, finished at start", func(e *env, dirt map[string]bool) (backend.Volume, int64) {
+		{"thick expansion cut short after lvextend, finished when attached after a restart", func(e *env, dirt map[string]bool) (backend.Volume, int64) {
 			v := cutShort(e, raw(e, "v", typeThick, small, backend.Source{}), big, dirt)
 			e.b = e.open()
+			// Before the stage could grow a filesystem into the range.
+			e.attach(v.ID)
 			if lv := e.lv(v.ID); lv.HasTag(zeroFromTag(small)) {
-				e.t.Errorf("tag %s still on %s after start", zeroFromTag(small), v.ID)
+				e.t.Errorf("tag %s still on %s after it was attached", zeroFromTag(small), v.ID)
 			}
+			e.detach(v.ID)
 			return v, 0
+		}},
+		{"thick clone of a volume whose expansion was cut short", func(e *env, dirt map[string]bool) (backend.Volume, int64) {
+			src := cutShort(e, raw(e, "src", typeThick, small, backend.Source{}), big, dirt)
+			return raw(e, "v", typeThick, big, backend.Source{VolumeID: src.ID}), 0
 		}},
 		{"thick expansion cut short after lvextend, finished by the retry", func(e *env, dirt map[string]bool) (backend.Volume, int64) {
 			v := cutShort(e, raw(e, "v", typeThick, small, backend.Source{}), big, dirt)
@@ -228,12 +236,26 @@ func TestThinPoolThatDoesNotZero(t *testing.T) {
 	pool := "pool_nozero"
 	e.lvm("lvcreate", "--yes", "--type", "thin-pool", "--zero", "n", "--size", strconv.FormatInt(poolSize, 10)+"b", "--name", pool, e.vg)
 	t.Cleanup(func() { e.lvm("lvremove", "--yes", e.vg+"/"+pool) })
-	_, err := New(context.Background(), Config{VolumeGroup: e.vg, ThinPool: pool})
-	if err == nil || !strings.Contains(err.Error(), "lvchange --zero y "+e.vg+"/"+pool) {
-		t.Fatalf("New on a thin pool without zeroing: %v; want a refusal that says to run lvchange --zero y", err)
+	// The backend still opens: volumes already in the pool must remain
+	// usable and deletable.
+	b, err := New(context.Background(), Config{VolumeGroup: e.vg, ThinPool: pool})
+	if err != nil {
+		t.Fatalf("New on a thin pool without zeroing: %v", err)
 	}
+	fix := "lvchange --zero y " + e.vg + "/" + pool
+	if err := b.Ready(e.ctx); err == nil || !strings.Contains(err.Error(), fix) {
+		t.Errorf("Ready on a thin pool without zeroing: %v; want not ready, saying to run %s", err, fix)
+	}
+	req := backend.VolumeRequest{Name: e.name("v"), RequiredBytes: volSize, Parameters: map[string]string{ParamType: typeThin}}
+	if _, err := b.CreateVolume(e.ctx, req); !errors.Is(err, backend.ErrNotReady) || !strings.Contains(err.Error(), fix) {
+		t.Errorf("thin CreateVolume in a pool without zeroing: %v; want ErrNotReady saying to run %s", err, fix)
+	}
+	e.assertNoLV(backend.VolumeIDFor(req.Name))
 	e.lvm("lvchange", "--zero", "y", e.vg+"/"+pool)
-	if _, err := New(context.Background(), Config{VolumeGroup: e.vg, ThinPool: pool}); err != nil {
-		t.Fatalf("New once the pool zeroes: %v", err)
+	if err := b.Ready(e.ctx); err != nil {
+		t.Errorf("Ready once the pool zeroes: %v", err)
+	}
+	if _, err := b.CreateVolume(e.ctx, req); err != nil {
+		t.Errorf("thin CreateVolume once the pool zeroes: %v", err)
 	}
 }

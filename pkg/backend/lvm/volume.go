@@ -38,6 +38,11 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 	if err != nil {
 		return backend.Volume{}, err
 	}
+	if cls.Type == typeThin {
+		if err := b.poolZeroes(ctx); err != nil {
+			return backend.Volume{}, err
+		}
+	}
 	size, err := backend.RoundSize(req.RequiredBytes, req.LimitBytes, req.FsType)
 	if err != nil {
 		return backend.Volume{}, err
@@ -77,7 +82,7 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 	}
 	thinClone := src != nil && cls.Type == typeThin && src.lv.IsThin() && src.lv.Pool == b.cfg.ThinPool
 	if src != nil && !thinClone {
-		if err := refuseTornCopy(*src); err != nil {
+		if err := b.refuseTornCopy(*src); err != nil {
 			return backend.Volume{}, err
 		}
 	}
@@ -197,6 +202,9 @@ func (b *Backend) resolveSource(ctx context.Context, s backend.Source) (*object,
 		if err != nil {
 			return nil, fmt.Errorf("source volume: %w", err)
 		}
+		if err := b.finishGrowth(ctx, &o); err != nil {
+			return nil, fmt.Errorf("source volume: %w", err)
+		}
 		return &o, nil
 	}
 	return nil, nil
@@ -296,10 +304,8 @@ func (b *Backend) ExpandVolume(ctx context.Context, id string, sizeBytes, limitB
 	if err != nil {
 		return 0, err
 	}
-	if o.ZeroFrom > 0 {
-		if err := b.zeroGrowth(ctx, id, o.ZeroFrom); err != nil {
-			return 0, err
-		}
+	if err := b.finishGrowth(ctx, &o); err != nil {
+		return 0, err
 	}
 	size, err := backend.RoundSize(sizeBytes, limitBytes, o.FsType)
 	if err != nil {
@@ -339,6 +345,23 @@ func (b *Backend) ExpandVolume(ctx context.Context, id string, sizeBytes, limitB
 	}
 	klog.V(2).InfoS("Expanded LVM volume", "volumeID", id, "from", o.lv.Size, "to", size)
 	return size, nil
+}
+
+// finishGrowth zeroes what an interrupted expansion added to o before o
+// is copied: the copy would carry an earlier LV's data.
+func (b *Backend) finishGrowth(ctx context.Context, o *object) error {
+	if o.ZeroFrom == 0 {
+		return nil
+	}
+	if err := b.zeroGrowth(ctx, o.ID, o.ZeroFrom); err != nil {
+		return err
+	}
+	refreshed, err := b.getVolume(ctx, o.ID)
+	if err != nil {
+		return err
+	}
+	*o = refreshed
+	return nil
 }
 
 // zeroGrowth zeroes a thick volume from offset from to its end, where an
