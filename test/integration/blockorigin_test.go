@@ -143,6 +143,22 @@ func TestInUseBlockVolumeIsNotCopiedTorn(t *testing.T) {
 			e.release(t, dev)
 			e.createSnapshot(t, "idle-snap", raw)
 			e.createVolume(t, "idle-clone", "", rawVolume, fromVolume(raw))
+
+			// A filesystem volume staged for block access has no
+			// filesystem mounted to freeze either.
+			fs := e.createVolume(t, "fs", "ext4", rawVolume, nil).GetVolumeId()
+			asBlock := e.stageWith(t, fs, "", capability(""))
+			_, err := e.ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "fs-as-block-snap", SourceVolumeId: fs})
+			if status.Code(err) != codes.FailedPrecondition {
+				t.Errorf("CreateSnapshot of a filesystem volume in use as raw block: %v, want FailedPrecondition", err)
+			}
+			if err := e.tryUnstage(asBlock); err != nil {
+				t.Fatal(err)
+			}
+			// Mounted, it is frozen for the copy.
+			mounted := e.use(t, fs, "ext4")
+			e.createSnapshot(t, "fs-mounted-snap", fs)
+			e.release(t, mounted)
 		})
 	}
 }

@@ -300,24 +300,45 @@ func (b *Backend) cloneFrom(ctx context.Context, op string, dst *os.File, src *s
 	if err != nil {
 		return "", fmt.Errorf("clone %s: %w", src.dataPath, err)
 	}
+	if method != filecopy.Reflink && device != "" && !res.Frozen {
+		// A reflink pool may still copy (a file the filesystem cannot
+		// share): not a point in time for a device in use.
+		if err := tornCopyError(src.volume.ID, device); err != nil {
+			return "", err
+		}
+	}
 	return method, nil
 }
 
-// refuseTornCopy refuses to copy a raw block volume attached on this node
+// refuseTornCopy refuses to copy a volume attached on this node with no
+// filesystem mounted (a raw block volume, or one staged for block access)
 // when the pool has no reflinks: nothing can be frozen on a raw device, and
 // a copy that takes as long as the data mixes blocks from before and after
 // the writes made meanwhile. A reflink clone is one atomic step.
 func (b *Backend) refuseTornCopy(ctx context.Context, vol volumeMeta) error {
-	if b.reflink || vol.FsType != "" {
+	if b.reflink {
 		return nil
 	}
 	dev, err := b.DevicePath(ctx, vol.ID)
 	if err != nil || dev == "" {
 		return err
 	}
-	return fmt.Errorf("%w: volume %s is a raw block volume attached on this node (%s), and this pool has no reflinks: "+
-		"a copy made while it is written would be torn; stop the pods that use it, or keep raw block volumes on a reflink pool (XFS with reflink, btrfs)",
-		backend.ErrInUse, vol.ID, dev)
+	return tornCopyError(vol.ID, dev)
+}
+
+// tornCopyError refuses a copy of a device in use raw, unless the device
+// turns out to hold a mounted filesystem, which the copy freezes.
+func tornCopyError(id, dev string) error {
+	mnt, err := freeze.MountpointOf(dev)
+	if err != nil {
+		return err
+	}
+	if mnt != "" {
+		return nil
+	}
+	return fmt.Errorf("%w: volume %s is attached on this node (%s) with no filesystem mounted, and a copy of it made while it is written would be torn; "+
+		"stop the pods that use it, or keep raw block volumes on a reflink pool (XFS with reflink, btrfs), whose clones are atomic",
+		backend.ErrInUse, id, dev)
 }
 
 // copyRateForFreeze is a pessimistic copy speed: without reflinks the

@@ -32,15 +32,21 @@ func copyBudget(freezeTimeout time.Duration, n int64) time.Duration {
 	return freezeTimeout + time.Duration(n/minCopyRate+1)*time.Second
 }
 
-// refuseTornCopy refuses to copy a raw block volume whose device is open
-// (a pod's, through the kubelet): nothing can be frozen on a raw device,
-// and a copy that takes as long as the data mixes blocks from before and
-// after the writes made meanwhile. A thin snapshot is one atomic step.
-func refuseTornCopy(src object) error {
-	if !backend.ValidVolumeID(src.ID) || src.FsType != "" || !src.lv.DeviceOpen {
+// refuseTornCopy refuses to copy a volume whose device is open with no
+// filesystem mounted on it (a raw block volume in a pod's use, through the
+// kubelet, or a volume staged for block access): nothing can be frozen on
+// a raw device, and a copy that takes as long as the data mixes blocks from
+// before and after the writes made meanwhile. A thin snapshot is one
+// atomic step.
+func (b *Backend) refuseTornCopy(src object) error {
+	if !backend.ValidVolumeID(src.ID) || !src.lv.DeviceOpen {
 		return nil
 	}
-	return fmt.Errorf("%w: volume %s is a raw block volume in use on this node, and a thick copy of it made while it is written would be torn; "+
+	mnt, err := freeze.MountpointOf(b.devicePath(src.ID))
+	if err != nil || mnt != "" {
+		return err
+	}
+	return fmt.Errorf("%w: volume %s is in use on this node with no filesystem mounted, and a thick copy of it made while it is written would be torn; "+
 		"stop the pods that use it, or use thin volumes, whose snapshots are atomic", backend.ErrInUse, src.ID)
 }
 
