@@ -22,7 +22,8 @@ var bindAtimes = map[string]uint64{
 }
 
 // errNoMountAPI means the kernel lacks open_tree and mount_setattr (before
-// Linux 5.12).
+// Linux 5.12), a seccomp profile refuses them, or mount_setattr does not
+// know an attribute (nosymfollow before 5.14).
 var errNoMountAPI = errors.New("kernel has no mount_setattr")
 
 // bindMount binds source (a mount or a device node) at target with its
@@ -52,7 +53,7 @@ func bindMount(source, target string, readonly bool, flags []string) error {
 		}
 	}
 	fd, err := unix.OpenTree(unix.AT_FDCWD, source, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
-	if errors.Is(err, unix.ENOSYS) {
+	if errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM) {
 		return errNoMountAPI
 	}
 	if err != nil {
@@ -61,7 +62,7 @@ func bindMount(source, target string, readonly bool, flags []string) error {
 	defer unix.Close(fd)
 	if attr.Attr_set != 0 || attr.Attr_clr != 0 {
 		err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &attr)
-		if errors.Is(err, unix.ENOSYS) {
+		if errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM) || errors.Is(err, unix.EINVAL) {
 			return errNoMountAPI
 		}
 		if err != nil {
