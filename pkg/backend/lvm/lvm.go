@@ -46,6 +46,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -129,24 +130,32 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	default:
 		return nil, fmt.Errorf("lvm backend: default type %q is neither thin nor thick", cfg.DefaultType)
 	}
-	if err := b.present(ctx); err != nil {
+	pool, err := b.present(ctx)
+	if err != nil {
 		return nil, fmt.Errorf("lvm backend: %w", err)
 	}
-	if err := b.poolZeroes(ctx); err != nil {
+	if err := b.zeroing(pool); err != nil {
 		// Existing volumes must still be unpublished, unstaged and
 		// deleted; readiness and new thin volumes carry the refusal.
 		klog.ErrorS(err, "Thin pool refused for new volumes")
 	}
-	b.resumeSuspended(ctx)
-	if err := b.activatePool(ctx); err != nil {
+	if pool.ChunkSize > largeZeroedChunk {
+		klog.InfoS("Thin pool chunks are large: each first write to a chunk zeroes all of it, which slows provisioning writes",
+			"vg", cfg.VolumeGroup, "thinPool", cfg.ThinPool, "chunkSize", pool.ChunkSize)
+	}
+	// One listing serves both repairs: the resume changes no LV's tags
+	// or activation, and the pool's activation touches no Tarn LV.
+	lvs, listErr := b.client.LVs(ctx, cfg.VolumeGroup)
+	if listErr != nil {
+		klog.ErrorS(listErr, "Cannot list LVs to repair what interrupted calls left; retried at next start", "vg", cfg.VolumeGroup)
+	} else {
+		b.resumeSuspended(ctx, lvs)
+	}
+	if err := b.activatePool(ctx, pool); err != nil {
 		return nil, fmt.Errorf("lvm backend: %w", err)
 	}
-	b.sweep(ctx)
-	if cfg.ThinPool != "" {
-		if pool, err := b.client.ThinPool(ctx, cfg.VolumeGroup, cfg.ThinPool); err == nil && pool.ChunkSize > largeZeroedChunk {
-			klog.InfoS("Thin pool chunks are large: each first write to a chunk zeroes all of it, which slows provisioning writes",
-				"vg", cfg.VolumeGroup, "thinPool", cfg.ThinPool, "chunkSize", pool.ChunkSize)
-		}
+	if listErr == nil {
+		b.sweep(ctx, lvs)
 	}
 	klog.InfoS("Opened LVM volume group", "vg", cfg.VolumeGroup, "thinPool", cfg.ThinPool, "defaultType", b.defaultType)
 	return b, nil
@@ -158,28 +167,30 @@ func (b *Backend) Kind() string { return "lvm" }
 // Ready implements backend.Backend: the VG and the thin pool must be
 // there, and the pool must zero what it provisions.
 func (b *Backend) Ready(ctx context.Context) error {
-	if err := b.present(ctx); err != nil {
+	pool, err := b.present(ctx)
+	if err != nil {
 		return err
 	}
-	return b.poolZeroes(ctx)
+	return b.zeroing(pool)
 }
 
-// present checks that the VG and the thin pool are there.
-func (b *Backend) present(ctx context.Context) error {
+// present checks that the VG and the thin pool are there, and returns the
+// pool's LV with its settings (the zero LV when there is no pool).
+func (b *Backend) present(ctx context.Context) (lvmcmd.LV, error) {
 	if _, err := b.client.VG(ctx, b.cfg.VolumeGroup); err != nil {
-		return fmt.Errorf("%w: volume group %s: %v", backend.ErrNotReady, b.cfg.VolumeGroup, err)
+		return lvmcmd.LV{}, fmt.Errorf("%w: volume group %s: %v", backend.ErrNotReady, b.cfg.VolumeGroup, err)
 	}
 	if b.cfg.ThinPool == "" {
-		return nil
+		return lvmcmd.LV{}, nil
 	}
-	pool, err := b.client.LV(ctx, b.cfg.VolumeGroup, b.cfg.ThinPool)
+	pool, err := b.client.ThinPool(ctx, b.cfg.VolumeGroup, b.cfg.ThinPool)
 	if err != nil {
-		return fmt.Errorf("%w: thin pool %s/%s: %v", backend.ErrNotReady, b.cfg.VolumeGroup, b.cfg.ThinPool, err)
+		return lvmcmd.LV{}, fmt.Errorf("%w: thin pool %s/%s: %v", backend.ErrNotReady, b.cfg.VolumeGroup, b.cfg.ThinPool, err)
 	}
 	if !pool.IsThinPool() {
-		return fmt.Errorf("%w: %s/%s is a %s LV, not a thin pool", backend.ErrNotReady, b.cfg.VolumeGroup, b.cfg.ThinPool, pool.Segtype)
+		return lvmcmd.LV{}, fmt.Errorf("%w: %s/%s is a %s LV, not a thin pool", backend.ErrNotReady, b.cfg.VolumeGroup, b.cfg.ThinPool, pool.Segtype)
 	}
-	return nil
+	return pool, nil
 }
 
 // poolZeroes checks that the thin pool zeroes the rest of a chunk it
@@ -192,26 +203,28 @@ func (b *Backend) poolZeroes(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w: thin pool %s/%s: %v", backend.ErrNotReady, b.cfg.VolumeGroup, b.cfg.ThinPool, err)
 	}
-	if !pool.Zeroing {
-		// Zeroing every thin volume in full would provision all of it,
-		// and a discard would unprovision chunks for the old data to
-		// come back: only the pool can keep its chunks clean.
-		return fmt.Errorf("%w: thin pool %s/%s does not zero newly provisioned chunks, so a volume could read another's old data; "+
-			"turn zeroing on with: lvchange --zero y %s/%s", backend.ErrNotReady, b.cfg.VolumeGroup, b.cfg.ThinPool, b.cfg.VolumeGroup, b.cfg.ThinPool)
+	return b.zeroing(pool)
+}
+
+// zeroing refuses a thin pool, as present or poolZeroes read it, that does
+// not zero what it provisions.
+func (b *Backend) zeroing(pool lvmcmd.LV) error {
+	if b.cfg.ThinPool == "" || pool.Zeroing {
+		return nil
 	}
-	return nil
+	// Zeroing every thin volume in full would provision all of it, and a
+	// discard would unprovision chunks for the old data to come back:
+	// only the pool can keep its chunks clean.
+	return fmt.Errorf("%w: thin pool %s/%s does not zero newly provisioned chunks, so a volume could read another's old data; "+
+		"turn zeroing on with: lvchange --zero y %s/%s", backend.ErrNotReady, b.cfg.VolumeGroup, b.cfg.ThinPool, b.cfg.VolumeGroup, b.cfg.ThinPool)
 }
 
 // activatePool activates the thin pool if it is not: its usage, which
 // capacity and health depend on, is known only while it is active. Thin
 // volume activation would bring it up anyway.
-func (b *Backend) activatePool(ctx context.Context) error {
-	if b.cfg.ThinPool == "" {
+func (b *Backend) activatePool(ctx context.Context, pool lvmcmd.LV) error {
+	if b.cfg.ThinPool == "" || pool.Active {
 		return nil
-	}
-	pool, err := b.client.LV(ctx, b.cfg.VolumeGroup, b.cfg.ThinPool)
-	if err != nil || pool.Active {
-		return err
 	}
 	if err := b.client.Activate(ctx, b.cfg.VolumeGroup, b.cfg.ThinPool, false); err != nil {
 		return fmt.Errorf("activate thin pool: %w", err)
@@ -227,13 +240,9 @@ func (b *Backend) activatePool(ctx context.Context) error {
 // kubelet's and the application's included. No Tarn call runs yet, and a
 // command another process runs holds the VG's lock, which the refresh
 // waits for.
-func (b *Backend) resumeSuspended(ctx context.Context) {
-	lvs, err := b.client.LVs(ctx, b.cfg.VolumeGroup)
-	if err != nil {
-		klog.ErrorS(err, "Cannot list LVs to resume suspended ones", "vg", b.cfg.VolumeGroup)
-		return
-	}
+func (b *Backend) resumeSuspended(ctx context.Context, lvs []lvmcmd.LV) {
 	// The pool first: its volumes' I/O goes through it.
+	lvs = slices.Clone(lvs)
 	sort.SliceStable(lvs, func(i, j int) bool { return lvs[i].Name == b.cfg.ThinPool && lvs[j].Name != b.cfg.ThinPool })
 	for _, lv := range lvs {
 		ours := lv.HasTag(tagOwner) && validID(lv.Name)
@@ -254,12 +263,7 @@ func (b *Backend) resumeSuspended(ctx context.Context) {
 // objects and carrying the owner tag are candidates, so that a stray tag on
 // someone else's LV cannot get it deleted. Complete objects are settled
 // (see settle).
-func (b *Backend) sweep(ctx context.Context) {
-	lvs, err := b.client.LVs(ctx, b.cfg.VolumeGroup)
-	if err != nil {
-		klog.ErrorS(err, "Cannot list LVs for cleanup", "vg", b.cfg.VolumeGroup)
-		return
-	}
+func (b *Backend) sweep(ctx context.Context, lvs []lvmcmd.LV) {
 	for _, lv := range lvs {
 		if !lv.HasTag(tagOwner) || !validID(lv.Name) {
 			continue

@@ -54,7 +54,11 @@ func TestSweepCountsRemovedLeftovers(t *testing.T) {
 	}, ",") + `]}]}`}
 	rec := &recorder{actions: map[string]int{}}
 	b := &Backend{cfg: Config{VolumeGroup: "vg"}, client: lvmcmd.NewClient(failingRemove{s, []string{stuck}}, time.Minute), metrics: rec}
-	b.sweep(context.Background())
+	lvs, err := b.client.LVs(context.Background(), "vg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.sweep(context.Background(), lvs)
 
 	var removed []string
 	for _, cmd := range s.ran {
@@ -86,7 +90,11 @@ func TestSweepDeactivatesSnapshotsLeftActive(t *testing.T) {
 		lv(left, "1", "0"), lv(open, "1", "1"), lv(inactive, "0", "0"),
 	}, ",") + `]}]}`}
 	b := &Backend{cfg: Config{VolumeGroup: "vg"}, client: lvmcmd.NewClient(s, time.Minute), metrics: metrics.Nop{}}
-	b.sweep(context.Background())
+	lvs, err := b.client.LVs(context.Background(), "vg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.sweep(context.Background(), lvs)
 	var changed []string
 	for _, cmd := range s.ran {
 		if !strings.HasPrefix(cmd, "lvs ") {
