@@ -302,10 +302,9 @@ func (b *Backend) cloneFrom(ctx context.Context, op string, dst *os.File, src *s
 	}
 	if method != filecopy.Reflink && device != "" && !res.Frozen {
 		// A reflink pool may still copy (a file the filesystem cannot
-		// share): not a point in time for a device in use.
-		if err := tornCopyError(src.volume.ID, device); err != nil {
-			return "", err
-		}
+		// share), and no filesystem was mounted to freeze: not a point
+		// in time of a device in use.
+		return "", tornCopyError(src.volume.ID, device)
 	}
 	return method, nil
 }
@@ -323,19 +322,15 @@ func (b *Backend) refuseTornCopy(ctx context.Context, vol volumeMeta) error {
 	if err != nil || dev == "" {
 		return err
 	}
+	// A mounted filesystem is frozen for the copy.
+	if mnt, err := freeze.MountpointOf(dev); err != nil || mnt != "" {
+		return err
+	}
 	return tornCopyError(vol.ID, dev)
 }
 
-// tornCopyError refuses a copy of a device in use raw, unless the device
-// turns out to hold a mounted filesystem, which the copy freezes.
+// tornCopyError is the refusal of a copy of a device in use unfrozen.
 func tornCopyError(id, dev string) error {
-	mnt, err := freeze.MountpointOf(dev)
-	if err != nil {
-		return err
-	}
-	if mnt != "" {
-		return nil
-	}
 	return fmt.Errorf("%w: volume %s is attached on this node (%s) with no filesystem mounted, and a copy of it made while it is written would be torn; "+
 		"stop the pods that use it, or keep raw block volumes on a reflink pool (XFS with reflink, btrfs), whose clones are atomic",
 		backend.ErrInUse, id, dev)
