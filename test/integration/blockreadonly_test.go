@@ -44,10 +44,7 @@ func TestReadOnlyBlockPublication(t *testing.T) {
 			target := filepath.Join(e.work, "ro-"+tt.cap.GetAccessMode().GetMode().String())
 			ctx, cancel := callCtx()
 			defer cancel()
-			if _, err := e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: vol, StagingTargetPath: a.staging,
-				TargetPath: target, VolumeCapability: tt.cap, Readonly: tt.readonly}); err != nil {
-				t.Fatalf("NodePublishVolume: %v", err)
-			}
+			e.publish(t, attachment{volID: vol, staging: a.staging, target: target, cap: tt.cap, readonly: tt.readonly})
 			f, err := os.OpenFile(target, os.O_WRONLY, 0)
 			if err == nil {
 				_, err = f.WriteAt(randomBytes(t, 4096), 0)

@@ -211,19 +211,9 @@ func TestReadOnlyAlwaysWins(t *testing.T) {
 		{"reader-only access mode", readerOnly, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			target := filepath.Join(e.work, "ro-"+tt.cap.GetAccessMode().GetMode().String())
-			ctx, cancel := callCtx()
-			defer cancel()
-			if _, err := e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: vol, StagingTargetPath: a.staging,
-				TargetPath: target, VolumeCapability: tt.cap, Readonly: tt.readonly}); err != nil {
-				t.Fatalf("NodePublishVolume: %v", err)
-			}
-			defer func() {
-				if _, err := e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: vol, TargetPath: target}); err != nil {
-					t.Errorf("NodeUnpublishVolume: %v", err)
-				}
-			}()
-			err := os.WriteFile(filepath.Join(target, "written"), []byte("x"), 0o600)
+			p := e.publish(t, attachment{volID: vol, staging: a.staging, cap: tt.cap, readonly: tt.readonly,
+				target: filepath.Join(e.work, "ro-"+tt.cap.GetAccessMode().GetMode().String())})
+			err := os.WriteFile(p.path("written"), []byte("x"), 0o600)
 			if !errors.Is(err, unix.EROFS) {
 				t.Errorf("write through a read-only publication: %v, want EROFS", err)
 			}

@@ -325,6 +325,8 @@ type attachment struct {
 	// cap, when set, is sent instead of capability(fsType), e.g. to pass
 	// mount flags.
 	cap *csi.VolumeCapability
+	// readonly is the publish request's readonly flag.
+	readonly bool
 }
 
 func (a attachment) path(name string) string { return filepath.Join(a.target, name) }
@@ -394,7 +396,7 @@ func (e *env) publish(t *testing.T, a attachment) attachment {
 	ctx, cancel := callCtx()
 	defer cancel()
 	if _, err := e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{
-		VolumeId: a.volID, StagingTargetPath: a.staging, TargetPath: a.target, VolumeCapability: a.capability(),
+		VolumeId: a.volID, StagingTargetPath: a.staging, TargetPath: a.target, VolumeCapability: a.capability(), Readonly: a.readonly,
 	}); err != nil {
 		t.Fatalf("NodePublishVolume %s at %s: %v", a.volID, a.target, err)
 	}

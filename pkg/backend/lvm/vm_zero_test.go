@@ -102,6 +102,15 @@ func assertZeros(t *testing.T, what, dev string, from, to int64) {
 	}
 }
 
+// written writes the pattern "source" onto v, the source of copies that
+// checkPattern then reads back.
+func written(e *env, v backend.Volume) backend.Volume {
+	e.t.Helper()
+	writePattern(e.t, e.attach(v.ID), "source")
+	e.detach(v.ID)
+	return v
+}
+
 // cutShort leaves thick volume v as a driver killed between lvextend and
 // the zeroing of an expansion to size would.
 func cutShort(e *env, v backend.Volume, size int64, dirt map[string]bool) backend.Volume {
@@ -182,9 +191,7 @@ func TestNoOldDataInNewVolumes(t *testing.T) {
 			return v, 0
 		}},
 		{"thick restored into a larger volume", func(e *env, dirt map[string]bool) (backend.Volume, int64) {
-			src := raw(e, "src", typeThick, small, backend.Source{})
-			writePattern(e.t, e.attach(src.ID), "source")
-			e.detach(src.ID)
+			src := written(e, raw(e, "src", typeThick, small, backend.Source{}))
 			snap, err := e.b.CreateSnapshot(e.ctx, backend.SnapshotRequest{Name: e.name("snap"), SourceVolumeID: src.ID})
 			if err != nil {
 				e.t.Fatal(err)
@@ -194,17 +201,13 @@ func TestNoOldDataInNewVolumes(t *testing.T) {
 			return v, small
 		}},
 		{"thick cloned into a larger volume", func(e *env, dirt map[string]bool) (backend.Volume, int64) {
-			src := raw(e, "src", typeThin, small, backend.Source{})
-			writePattern(e.t, e.attach(src.ID), "source")
-			e.detach(src.ID)
+			src := written(e, raw(e, "src", typeThin, small, backend.Source{}))
 			v := raw(e, "v", typeThick, big, backend.Source{VolumeID: src.ID})
 			e.requireOnDirt(v.ID, dirt)
 			return v, small
 		}},
 		{"thin restored from thick into a larger volume", func(e *env, _ map[string]bool) (backend.Volume, int64) {
-			src := raw(e, "src", typeThick, small, backend.Source{})
-			writePattern(e.t, e.attach(src.ID), "source")
-			e.detach(src.ID)
+			src := written(e, raw(e, "src", typeThick, small, backend.Source{}))
 			return raw(e, "v", typeThin, big, backend.Source{VolumeID: src.ID}), small
 		}},
 	}
